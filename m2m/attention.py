@@ -1,0 +1,243 @@
+"""Image-Set Attention (ISA): the whole idea of M2M (Shen et al. 2024, Fig. 1 and 3).
+
+Every text cross-attention of a Stable Diffusion UNet becomes attention from the
+current image's tokens to the tokens of the *preceding clean images* of its set.
+A few learned null tokens per layer are always attended to; alone, they are the
+context of the first image and of the unconditional branch of guidance.
+
+The weights live in `ImageSetAttention` (a pipeline component of its own, so the
+UNet stays a plain `UNet2DConditionModel`). What an attention call sees is given
+per UNet call as `cross_attention_kwargs={"isa": context}`; the contexts below
+are the only modes there are, and none of them is module state:
+
+- `NullContext`      no preceding image
+- `RecordContext`    encode clean images (M2M-Self at t=0): attend to null, record K/V
+- `CachedContext`    attend to K/V encoded earlier (inference; the context cache)
+- `SetContext`       teacher forcing on whole sets, causal across images (training)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch import Tensor, nn
+
+VARIANTS = ("self", "dino")
+KV = tuple[Tensor, Tensor]
+
+
+def attend(attn: Attention, hidden: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Multi-head attention of `hidden`'s queries over projected k/v; mask True = may attend."""
+    q = attn.to_q(hidden)  # (G, T, inner)
+    g, h = q.shape[0], attn.heads
+    q, k, v = (x.expand(g, -1, -1).unflatten(-1, (h, -1)).transpose(1, 2) for x in (q, k, v))  # (G, h, L, d)
+    mask = None if mask is None else mask[:, None]  # (G|1, 1, T|1, L)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (G, h, T, d)
+    return attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2)))  # (G, T, C)
+
+
+def pool_tokens(hidden: Tensor, max_tokens: int | None) -> Tensor:
+    """Average-pool a square token map to at most `max_tokens` tokens (cheap context at high resolution)."""
+    n, t, c = hidden.shape
+    side = math.isqrt(t)
+    if max_tokens is None or t <= max_tokens or side * side != t:
+        return hidden
+    grid = math.isqrt(max_tokens)
+    spatial = hidden.transpose(1, 2).reshape(n, c, side, side)  # (N, C, s, s)
+    return F.adaptive_avg_pool2d(spatial, grid).flatten(2).transpose(1, 2)  # (N, grid², C)
+
+
+class IsaLayer(nn.Module):
+    """ISA weights of one transformer block: null tokens and, for M2M-Self, context K/V projections."""
+
+    def __init__(self, name: str, context_dim: int, inner_dim: int, num_null: int, own_kv: bool, max_tokens: int | None):
+        super().__init__()
+        self.name, self.max_tokens = name, max_tokens
+        self.null = nn.Parameter(torch.randn(num_null, context_dim))  # in the same space as context tokens
+        self.to_k = nn.Linear(context_dim, inner_dim, bias=False) if own_kv else None
+        self.to_v = nn.Linear(context_dim, inner_dim, bias=False) if own_kv else None
+
+    def project(self, attn: Attention, tokens: Tensor) -> KV:
+        """Context tokens (N, L, D) -> keys, values (N, L', inner); M2M-Self pools its feature maps first."""
+        if self.to_k is None:  # M2M-DINO: the cross-attention's own K/V, as for text tokens
+            return attn.to_k(tokens), attn.to_v(tokens)
+        tokens = pool_tokens(tokens, self.max_tokens)
+        return self.to_k(tokens), self.to_v(tokens)
+
+    def null_kv(self, attn: Attention) -> KV:
+        return self.project(attn, self.null[None])  # (1, n0, inner) each
+
+
+class ImageSetAttention(ModelMixin, ConfigMixin):
+    """All ISA weights of an M2M model: one `IsaLayer` per cross-attention, and the DINO projection."""
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        variant: str = "self",
+        layer_names: tuple[str, ...] = (),
+        layer_dims: tuple[int, ...] = (),
+        inner_dims: tuple[int, ...] = (),
+        num_null_tokens: int = 4,
+        max_context_tokens: int | None = 64,
+        cross_attention_dim: int = 1024,
+        image_encoder_dim: int | None = None,
+        image_encoder_size: int = 224,
+    ):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        own_kv = variant == "self"
+        self.layers = nn.ModuleDict()
+        for name, dim, inner in zip(layer_names, layer_dims, inner_dims, strict=True):
+            ctx_dim = dim if own_kv else cross_attention_dim
+            self.layers[_key(name)] = IsaLayer(name, ctx_dim, inner, num_null_tokens, own_kv, max_context_tokens)
+        self.image_proj = None
+        if variant == "dino":  # DINO tokens -> cross-attention width, shared by every ISA layer
+            self.image_proj = nn.Sequential(nn.Linear(image_encoder_dim, cross_attention_dim), nn.LayerNorm(cross_attention_dim))
+
+    @classmethod
+    def for_unet(cls, unet: UNet2DConditionModel, variant: str, **kwargs) -> ImageSetAttention:
+        """Fresh ISA weights shaped for every cross-attention of `unet`."""
+        attns = dict(cross_attentions(unet))
+        return cls(
+            variant=variant,
+            layer_names=tuple(attns),
+            layer_dims=tuple(a.to_q.in_features for a in attns.values()),
+            inner_dims=tuple(a.to_q.out_features for a in attns.values()),
+            cross_attention_dim=unet.config.cross_attention_dim,
+            **kwargs,
+        )
+
+    def layer(self, name: str) -> IsaLayer:
+        return self.layers[_key(name)]
+
+
+def cross_attentions(unet: UNet2DConditionModel) -> Iterator[tuple[str, Attention]]:
+    """(name, module) of every text cross-attention of the UNet: the places ISA takes."""
+    for name, module in unet.named_modules():
+        if name.endswith("attn2") and isinstance(module, Attention):
+            yield name, module
+
+
+def isa_modules(unet: UNet2DConditionModel, isa: ImageSetAttention) -> Iterator[tuple[IsaLayer, Attention]]:
+    for name, attn in cross_attentions(unet):
+        yield isa.layer(name), attn
+
+
+class ImageSetAttnProcessor:
+    """Replaces a cross-attention: keys/values come from the preceding images in `isa`, not from text."""
+
+    def __init__(self, layer: IsaLayer):
+        self.layer = layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, isa=None):
+        return (isa or NullContext()).attend(self.layer, attn, hidden_states)
+
+
+class SelfAttnProcessor(AttnProcessor2_0):
+    """Plain self-attention; accepts (and ignores) the image context that diffusers passes to every attention."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, isa=None):
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def install(unet: UNet2DConditionModel, isa: ImageSetAttention) -> None:
+    """Turn every cross-attention of `unet` into Image-Set Attention backed by `isa`'s weights."""
+    names = [n for n, _ in cross_attentions(unet)]
+    missing = [n for n in names if _key(n) not in isa.layers]
+    if missing or len(names) != len(isa.layers):
+        raise ValueError(f"ISA weights do not match this UNet's cross-attentions (first missing: {missing[:1]})")
+    processors = {}
+    for name in unet.attn_processors:
+        module = name.removesuffix(".processor")
+        processors[name] = ImageSetAttnProcessor(isa.layer(module)) if module in names else SelfAttnProcessor()
+    unet.set_attn_processor(processors)
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "_")
+
+
+# --- What one UNet call attends to ------------------------------------------------------------
+
+
+class NullContext:
+    """No preceding image: attend to the learned null tokens only."""
+
+    def attend(self, layer: IsaLayer, attn: Attention, hidden: Tensor) -> Tensor:
+        return attend(attn, hidden, *layer.null_kv(attn))
+
+
+class RecordContext(NullContext):
+    """Encode clean images (M2M-Self, t=0): each attends to null alone; every layer's K/V is recorded."""
+
+    def __init__(self):
+        self.kv: dict[str, KV] = {}
+
+    def attend(self, layer: IsaLayer, attn: Attention, hidden: Tensor) -> Tensor:
+        self.kv[layer.name] = layer.project(attn, hidden)  # (N, L, inner) each
+        return super().attend(layer, attn, hidden)
+
+
+class CachedContext:
+    """Attend to null + K/V of context images encoded earlier; rows where `keep` is False see null only."""
+
+    def __init__(self, kv: dict[str, KV], keep: Tensor | None = None):
+        self.kv, self.keep = kv, keep  # kv: (1, L, inner) each; keep: (B,) bool
+
+    def attend(self, layer: IsaLayer, attn: Attention, hidden: Tensor) -> Tensor:
+        (nk, nv), (ck, cv) = layer.null_kv(attn), self.kv[layer.name]
+        k, v = torch.cat([nk, ck], 1), torch.cat([nv, cv], 1)  # (1, n0 + L, inner)
+        mask = None
+        if self.keep is not None:
+            sees = self.keep[:, None].expand(-1, ck.shape[1])  # (B, L)
+            mask = torch.cat([torch.ones_like(sees[:, :1]).expand(-1, nk.shape[1]), sees], 1)[:, None]  # (B, 1, n0+L)
+        return attend(attn, hidden, k, v, mask)
+
+
+class SetContext:
+    """Teacher forcing on B sets of K images: noisy image i attends to null + clean images j < i.
+
+    M2M-Self: the UNet batch is [clean (B*K); noisy (B*K)], so the clean features of every
+    layer are at hand when the noisy images need them, all in one UNet call.
+    M2M-DINO: the batch is noisy (B*K) alone and `tokens` (B*K, L, D) are the projected DINO tokens.
+    `sees_context` (B, K) False = context dropout for that image (null only).
+    """
+
+    def __init__(self, sees_context: Tensor, tokens: Tensor | None = None):
+        self.sees, self.tokens = sees_context, tokens
+
+    def attend(self, layer: IsaLayer, attn: Attention, hidden: Tensor) -> Tensor:
+        b, k = self.sees.shape
+        if self.tokens is None:
+            clean, noisy = hidden.chunk(2)  # (B*K, T, C) each
+            out_clean = NullContext().attend(layer, attn, clean)
+            ck, cv = layer.project(attn, clean)  # (B*K, L, inner)
+        else:
+            noisy, out_clean = hidden, hidden[:0]
+            ck, cv = layer.project(attn, self.tokens)
+        t, length = noisy.shape[1], ck.shape[1]
+        nk, nv = (x.expand(b, -1, -1) for x in layer.null_kv(attn))  # (B, n0, inner)
+        keys = torch.cat([nk, ck.reshape(b, k * length, -1)], 1)  # (B, n0 + K*L, inner)
+        values = torch.cat([nv, cv.reshape(b, k * length, -1)], 1)
+        mask = self.mask(t, length, nk.shape[1])  # (B, K*T, n0 + K*L)
+        out = attend(attn, noisy.reshape(b, k * t, -1), keys, values, mask)  # (B, K*T, C)
+        return torch.cat([out_clean, out.reshape(b * k, t, -1)])
+
+    def mask(self, t: int, length: int, num_null: int) -> Tensor:
+        """Block-causal across images: a query of image i sees tokens of images j < i (and null)."""
+        b, k = self.sees.shape
+        img_q = torch.arange(k, device=self.sees.device).repeat_interleave(t)  # (K*T,)
+        img_k = torch.arange(k, device=self.sees.device).repeat_interleave(length)  # (K*L,)
+        causal = img_k[None, :] < img_q[:, None]  # (K*T, K*L)
+        sees = causal[None] & self.sees[:, img_q, None]  # (B, K*T, K*L)
+        return torch.cat([sees.new_ones(b, k * t, num_null), sees], 2)

@@ -1,0 +1,151 @@
+"""Command line: `python -m m2m generate ...` continues a set of images; `python -m m2m init ...` builds a preset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+from PIL import PngImagePlugin
+from tqdm import tqdm
+
+from m2m.images import ImageInputError, file_sha256, load_image
+from m2m.pipeline import SCHEDULERS, CheckpointError, load_pipeline
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "m2m-self-tiny"
+
+
+def count(minimum: int):
+    """An argparse type: an integer of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m m2m", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate images that continue the given ones")
+    gen.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="pipeline folder or hub id")
+    gen.add_argument("--context", nargs="*", default=[], metavar="IMAGE", help="preceding images, in order")
+    gen.add_argument("--num-images", type=count(1), default=4)
+    gen.add_argument("--steps", type=count(1), default=50, help="denoising steps (the paper: DDIM, 50)")
+    gen.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance over the image context")
+    gen.add_argument("--seed", type=count(0), default=0)
+    gen.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim")
+    gen.add_argument("--max-context", type=count(1), default=None, help="keep the first and the most recent images")
+    gen.add_argument("--no-cache", action="store_true", help="recompute the context at every step (the paper's way)")
+    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--out", default=None, help="output folder (default: outputs/set-<time>)")
+
+    init = sub.add_parser("init", help="save a preset's architecture with random weights (a training start point)")
+    init.add_argument("--preset", default="tiny")
+    init.add_argument("--variant", choices=["self", "dino"], default="self")
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--fp16", action="store_true", help="store weights in half precision")
+    init.add_argument("--out", required=True)
+    return parser.parse_args(argv)
+
+
+def generate(args: argparse.Namespace) -> int:
+    context = [load_image(p) for p in args.context]  # fails early, before the model loads
+    pipe = load_pipeline(args.checkpoint, device=args.device)
+    out = Path(args.out or f"outputs/set-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = make_manifest(args, pipe.variant)
+    bar = tqdm(total=args.num_images * args.steps, desc="generating", unit="step")
+    results = pipe.generate_iter(
+        context, num_images=args.num_images, num_inference_steps=args.steps, guidance_scale=args.guidance,
+        seed=args.seed, context_cache=not args.no_cache, max_context=args.max_context, scheduler=args.scheduler,
+        on_step=bar.update,
+    )  # fmt: skip
+    try:
+        for result in results:
+            name = f"image_{result.index:03d}.png"
+            result.image.save(out / name, pnginfo=png_info(manifest, result))
+            manifest["images"].append({"file": name, "index": result.index, "seed": result.seed})
+            write_outputs(out, manifest)  # after every image: a stop keeps what is done
+    except KeyboardInterrupt:
+        print(f"\nstopped: kept {len(manifest['images'])} image(s) in {out}", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    print(f"wrote {len(manifest['images'])} image(s), manifest.json and set.zip to {out}")
+    return 0
+
+
+def make_manifest(args: argparse.Namespace, variant: str) -> dict:
+    return {
+        "checkpoint": str(args.checkpoint),
+        "variant": variant,
+        "parameters": {
+            "num_images": args.num_images, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+            "scheduler": args.scheduler, "max_context": args.max_context, "context_cache": not args.no_cache,
+        },
+        "context": [{"file": str(p), "sha256": file_sha256(p)} for p in args.context],
+        "images": [],
+    }  # fmt: skip
+
+
+def png_info(manifest: dict, result) -> PngImagePlugin.PngInfo:
+    """The parameters inside each PNG, so a lone file still says how it was made."""
+    info = PngImagePlugin.PngInfo()
+    meta = {k: manifest[k] for k in ("checkpoint", "variant", "parameters")}
+    info.add_text("m2m", json.dumps({**meta, "index": result.index, "seed": result.seed}))
+    return info
+
+
+def write_outputs(out: Path, manifest: dict) -> None:
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    tmp = out / "set.zip.tmp"
+    with zipfile.ZipFile(tmp, "w") as zf:  # PNGs are already compressed: store them
+        for entry in manifest["images"]:
+            zf.write(out / entry["file"], entry["file"])
+        zf.write(out / "manifest.json", "manifest.json")
+    tmp.replace(out / "set.zip")
+
+
+def init(args: argparse.Namespace) -> int:
+    import torch
+
+    from m2m.presets import build_pipeline
+
+    pipe = build_pipeline(args.preset, args.variant, seed=args.seed)
+    if args.fp16:
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.half()
+    pipe.save_pretrained(args.out)
+    print(f"saved a randomly initialised {args.preset} M2M-{args.variant} pipeline to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_loading()
+    try:
+        return generate(args) if args.command == "generate" else init(args)
+    except (ImageInputError, CheckpointError, ValueError, OSError) as err:
+        print(f"m2m: error: {err}", file=sys.stderr)
+        return 2
+
+
+def quiet_loading() -> None:
+    """No loading bars from diffusers/transformers in a CLI: ours is the one that matters."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()

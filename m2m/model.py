@@ -1,0 +1,82 @@
+"""The set-level training forward: teacher forcing over whole image sets (Shen et al. 2024, Fig. 1 left)."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from torch import Tensor, nn
+from transformers import Dinov2Model
+
+from m2m.attention import ImageSetAttention, SetContext, install
+from m2m.encoders import CONTEXT_TIMESTEP, dino_tokens
+
+
+class M2MModel(nn.Module):
+    """UNet + ISA weights (+ frozen DINO); `forward` gives the per-image diffusion loss of a batch of sets."""
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        isa: ImageSetAttention,
+        scheduler: DDIMScheduler,
+        image_encoder: Dinov2Model | None = None,
+        context_dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.unet, self.isa, self.image_encoder = unet, isa, image_encoder
+        self.scheduler, self.context_dropout = scheduler, context_dropout
+        if image_encoder is not None:
+            image_encoder.requires_grad_(False).eval()  # frozen, as DINOv2 in the paper
+        install(unet, isa)
+
+    @property
+    def variant(self) -> str:
+        return self.isa.config.variant
+
+    def forward(
+        self,
+        latents: Tensor,
+        pixels: Tensor | None = None,
+        timesteps: Tensor | None = None,
+        noise: Tensor | None = None,
+        sees_context: Tensor | None = None,
+    ) -> Tensor:
+        """Sets of clean latents (B, K, 4, h, w) -> per-image MSE (B, K) of the scheduler's target (ε or v).
+
+        Every image is noised at its own timestep; image i is predicted from the clean
+        images 1..i-1 of its set only. One UNet call, no loop over images. M2M-DINO also
+        needs the sets' pixels (B, K, 3, H, W) in [-1, 1]. The optional arguments fix the
+        randomness (timesteps (B*K,), noise like latents flattened, sees_context (B, K)).
+        """
+        b, k = latents.shape[:2]
+        x0 = latents.flatten(0, 1)  # (B*K, 4, h, w)
+        if timesteps is None:
+            timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (b * k,), device=x0.device)
+        noise = torch.randn_like(x0) if noise is None else noise
+        if sees_context is None:  # context dropout: learns the null context for guidance
+            sees_context = torch.rand(b, k, device=x0.device) >= self.context_dropout
+        xt = self.scheduler.add_noise(x0, noise, timesteps)
+        pred = self.predict(x0, xt, timesteps, sees_context, pixels)  # (B*K, 4, h, w)
+        return (pred.float() - self.target(x0, noise, timesteps).float()).pow(2).mean((1, 2, 3)).view(b, k)
+
+    def predict(self, x0: Tensor, xt: Tensor, timesteps: Tensor, sees_context: Tensor, pixels: Tensor | None) -> Tensor:
+        if self.variant == "self":  # one batch [clean at t=0; noisy]: the clean half feeds ISA layer by layer
+            sample = torch.cat([x0, xt])  # (2*B*K, 4, h, w)
+            t = torch.cat([torch.full_like(timesteps, CONTEXT_TIMESTEP), timesteps])
+            context = SetContext(sees_context)
+        else:
+            if pixels is None:
+                raise ValueError("M2M-DINO training needs the images' pixels (B, K, 3, H, W)")
+            sample, t = xt, timesteps
+            context = SetContext(sees_context, dino_tokens(self.image_encoder, self.isa, pixels.flatten(0, 1)))
+        out = self.unet(sample, t, encoder_hidden_states=None, cross_attention_kwargs={"isa": context}).sample
+        return out[-xt.shape[0] :]  # (B*K, 4, h, w)
+
+    def target(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """ε for ε-prediction (SD-2.1-base), v = α·ε − σ·x0 for v-prediction (the tiny preset)."""
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.scheduler.get_velocity(x0, noise, timesteps)
+        raise ValueError(f"unsupported prediction_type {kind!r}")

@@ -1,0 +1,150 @@
+"""Model sizes as presets: `tiny` (trained on this CPU) and `sd21-base` (the paper's Stable Diffusion 2.1-base).
+
+`build_pipeline` makes any preset from config with random weights (no download);
+`from_hub` loads the public Stable Diffusion and DINOv2 weights when online.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import Dinov2Config, Dinov2Model
+
+from m2m.attention import VARIANTS, ImageSetAttention
+from m2m.pipeline import M2MPipeline
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    image_encoder: dict[str, Any]  # Dinov2Config
+    scheduler: dict[str, Any]
+    image_encoder_size: int = 224
+    num_null_tokens: int = 4
+    max_context_tokens: int | None = 64  # M2M-Self: context tokens per image and layer (pooled above)
+    hub_id: str | None = None  # Stable Diffusion weights
+    image_encoder_hub_id: str | None = None
+
+    def replace(self, **changes: Any) -> Preset:
+        return dataclasses.replace(self, **changes)
+
+
+SD_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+)  # fmt: skip
+
+TINY = Preset(
+    name="tiny",
+    unet=dict(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(64, 128, 128), attention_head_dim=(2, 4, 4), cross_attention_dim=192,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=32, use_linear_projection=True,
+    ),
+    vae=dict(
+        sample_size=128, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        block_out_channels=(32, 32, 64, 64), norm_num_groups=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    ),
+    image_encoder=dict(
+        hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768,
+        patch_size=16, image_size=128,
+    ),
+    # v-prediction: with ε the tiny model learns nothing from the context (DESIGN.md §3)
+    scheduler={**SD_SCHEDULER, "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+    image_encoder_size=128,
+    max_context_tokens=64,
+)  # fmt: skip
+
+SD21_BASE = Preset(
+    name="sd21-base",
+    unet=dict(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        use_linear_projection=True,
+    ),
+    vae=dict(
+        sample_size=512, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+        block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    ),
+    image_encoder=dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+        patch_size=14, image_size=518,
+    ),
+    scheduler=SD_SCHEDULER,
+    image_encoder_size=224,
+    max_context_tokens=64,
+    hub_id="stabilityai/stable-diffusion-2-1-base",
+    image_encoder_hub_id="facebook/dinov2-base",
+)  # fmt: skip
+
+PRESETS: Mapping[str, Preset] = MappingProxyType({"tiny": TINY, "sd21-base": SD21_BASE})
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def build_isa(preset: Preset, unet: UNet2DConditionModel, variant: str) -> ImageSetAttention:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    return ImageSetAttention.for_unet(
+        unet,
+        variant,
+        num_null_tokens=preset.num_null_tokens,
+        max_context_tokens=preset.max_context_tokens,
+        image_encoder_dim=preset.image_encoder["hidden_size"] if variant == "dino" else None,
+        image_encoder_size=preset.image_encoder_size,
+    )
+
+
+def build_pipeline(preset: Preset | str, variant: str = "self", seed: int = 0) -> M2MPipeline:
+    """The preset's architecture with random weights, built from config: nothing is downloaded."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**preset.unet)
+    vae = AutoencoderKL(**preset.vae)
+    encoder = Dinov2Model(Dinov2Config(**preset.image_encoder)) if variant == "dino" else None
+    isa = build_isa(preset, unet, variant)
+    for module in (unet, vae, isa, encoder):
+        if module is not None:
+            module.eval()  # as from_pretrained leaves them; training switches to train() itself
+    return M2MPipeline(unet=unet, vae=vae, scheduler=DDIMScheduler(**preset.scheduler), isa=isa, image_encoder=encoder)
+
+
+def from_hub(preset: Preset | str = "sd21-base", variant: str = "self", hub_id: str | None = None) -> M2MPipeline:
+    """Stable Diffusion (and DINOv2) weights from the hub or a local folder, with fresh ISA weights.
+
+    This is the starting point of full-scale training. It downloads, so it never runs in
+    tests or the default demo; with HF_HUB_OFFLINE=1 it reads the local cache only.
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    repo = hub_id or preset.hub_id
+    if repo is None:
+        raise ValueError(f"preset {preset.name!r} has no hub weights; use build_pipeline")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(repo, subfolder="unet")
+        vae = AutoencoderKL.from_pretrained(repo, subfolder="vae")
+        scheduler = DDIMScheduler.from_pretrained(repo, subfolder="scheduler")
+        encoder = Dinov2Model.from_pretrained(preset.image_encoder_hub_id) if variant == "dino" else None
+    except OSError as err:
+        offline = " (HF_HUB_OFFLINE is set: only the local cache is read)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise OSError(f"could not load the {preset.name} weights from {repo!r}{offline}: {err}") from None
+    isa = build_isa(preset, unet, variant)
+    return M2MPipeline(unet=unet, vae=vae, scheduler=scheduler, isa=isa, image_encoder=encoder)
