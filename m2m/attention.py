@@ -34,12 +34,17 @@ KV = tuple[Tensor, Tensor]
 
 def attend(attn: Attention, hidden: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     """Multi-head attention of `hidden`'s queries over projected k/v; mask True = may attend."""
-    q = attn.to_q(hidden)  # (G, T, inner)
+    out = heads_attention(attn, attn.to_q(hidden), k, v, mask)  # (G, T, inner)
+    return attn.to_out[1](attn.to_out[0](out))  # (G, T, C)
+
+
+def heads_attention(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Scaled dot-product attention over `attn.heads` heads of projected q (G, T, inner) and k/v (G|1, L, inner)."""
     g, h = q.shape[0], attn.heads
     q, k, v = (x.expand(g, -1, -1).unflatten(-1, (h, -1)).transpose(1, 2) for x in (q, k, v))  # (G, h, L, d)
     mask = None if mask is None else mask[:, None]  # (G|1, 1, T|1, L)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (G, h, T, d)
-    return attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2)))  # (G, T, C)
+    return out.transpose(1, 2).flatten(2)  # (G, T, inner)
 
 
 def pool_tokens(hidden: Tensor, max_tokens: int | None) -> Tensor:
@@ -56,7 +61,9 @@ def pool_tokens(hidden: Tensor, max_tokens: int | None) -> Tensor:
 class IsaLayer(nn.Module):
     """ISA weights of one transformer block: null tokens and, for M2M-Self, context K/V projections."""
 
-    def __init__(self, name: str, context_dim: int, inner_dim: int, num_null: int, own_kv: bool, max_tokens: int | None):
+    def __init__(
+        self, name: str, context_dim: int, inner_dim: int, num_null: int, own_kv: bool, max_tokens: int | None
+    ):
         super().__init__()
         self.name, self.max_tokens = name, max_tokens
         self.null = nn.Parameter(torch.randn(num_null, context_dim))  # in the same space as context tokens
@@ -102,7 +109,9 @@ class ImageSetAttention(ModelMixin, ConfigMixin):
             self.layers[_key(name)] = IsaLayer(name, ctx_dim, inner, num_null_tokens, own_kv, max_context_tokens)
         self.image_proj = None
         if variant == "dino":  # DINO tokens -> cross-attention width, shared by every ISA layer
-            self.image_proj = nn.Sequential(nn.Linear(image_encoder_dim, cross_attention_dim), nn.LayerNorm(cross_attention_dim))
+            self.image_proj = nn.Sequential(
+                nn.Linear(image_encoder_dim, cross_attention_dim), nn.LayerNorm(cross_attention_dim)
+            )
 
     @classmethod
     def for_unet(cls, unet: UNet2DConditionModel, variant: str, **kwargs) -> ImageSetAttention:
@@ -189,19 +198,27 @@ class RecordContext(NullContext):
 
 
 class CachedContext:
-    """Attend to null + K/V of context images encoded earlier; rows where `keep` is False see null only."""
+    """Attend to null + K/V of context images encoded earlier (inference).
 
-    def __init__(self, kv: dict[str, KV], keep: Tensor | None = None):
-        self.kv, self.keep = kv, keep  # kv: (1, L, inner) each; keep: (B,) bool
+    With guidance the batch is [cond (n_cond rows); uncond]: the cond rows see the context,
+    the uncond rows the null tokens alone, which costs them almost nothing.
+    """
+
+    def __init__(self, kv: dict[str, KV], n_cond: int | None = None):
+        self.kv, self.n_cond = kv, n_cond  # kv: (1, L, inner) each; None = every row sees the context
+        self.full: dict[str, KV] = {}  # null + context K/V, built at the first step and reused
 
     def attend(self, layer: IsaLayer, attn: Attention, hidden: Tensor) -> Tensor:
-        (nk, nv), (ck, cv) = layer.null_kv(attn), self.kv[layer.name]
-        k, v = torch.cat([nk, ck], 1), torch.cat([nv, cv], 1)  # (1, n0 + L, inner)
-        mask = None
-        if self.keep is not None:
-            sees = self.keep[:, None].expand(-1, ck.shape[1])  # (B, L)
-            mask = torch.cat([torch.ones_like(sees[:, :1]).expand(-1, nk.shape[1]), sees], 1)[:, None]  # (B, 1, n0+L)
-        return attend(attn, hidden, k, v, mask)
+        if layer.name not in self.full:
+            (nk, nv), (ck, cv) = layer.null_kv(attn), self.kv[layer.name]
+            self.full[layer.name] = torch.cat([nk, ck], 1), torch.cat([nv, cv], 1)  # (1, n0 + L, inner)
+        k, v = self.full[layer.name]
+        q, n, n0 = attn.to_q(hidden), self.n_cond, layer.null.shape[0]  # q: (B, T, inner)
+        if n is None or n == q.shape[0]:
+            out = heads_attention(attn, q, k, v)
+        else:  # the first n0 keys are the null tokens
+            out = torch.cat([heads_attention(attn, q[:n], k, v), heads_attention(attn, q[n:], k[:, :n0], v[:, :n0])])
+        return attn.to_out[1](attn.to_out[0](out))  # (B, T, C)
 
 
 class SetContext:

@@ -39,7 +39,9 @@ def dino_tokens(image_encoder: Dinov2Model, isa: ImageSetAttention, pixels: Tens
     return isa.image_proj(hidden)  # (N, 1 + P, D)
 
 
-def encode_dino(unet: UNet2DConditionModel, isa: ImageSetAttention, image_encoder: Dinov2Model, pixels: Tensor) -> dict[str, KV]:
+def encode_dino(
+    unet: UNet2DConditionModel, isa: ImageSetAttention, image_encoder: Dinov2Model, pixels: Tensor
+) -> dict[str, KV]:
     """M2M-DINO: the same tokens, through each cross-attention's own K/V projections."""
     tokens = dino_tokens(image_encoder, isa, pixels)
     return {layer.name: layer.project(attn, tokens) for layer, attn in isa_modules(unet, isa)}
@@ -60,14 +62,14 @@ class ContextCache:
         for i in range(n):
             self.images.append({name: (k[i : i + 1], v[i : i + 1]) for name, (k, v) in kv.items()})
 
-    def context(self, indices: list[int], keep: Tensor | None = None) -> CachedContext:
+    def context(self, indices: list[int], n_cond: int | None = None) -> CachedContext:
         """One `CachedContext` over the chosen images, concatenated once for all denoising steps."""
         names = self.images[indices[0]].keys()
         kv = {
             name: tuple(torch.cat([self.images[i][name][j] for i in indices], 1) for j in (0, 1))  # (1, ΣL, inner)
             for name in names
         }
-        return CachedContext(kv, keep)
+        return CachedContext(kv, n_cond)
 
 
 def context_window(n: int, max_context: int | None) -> list[int]:

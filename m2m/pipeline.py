@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ def image_seed(seed: int, index: int) -> int:
 class M2MPipeline(DiffusionPipeline):
     """Generates images that continue a set of preceding images, one after another."""
 
-    _optional_components = ["image_encoder"]
+    _optional_components: ClassVar[list[str]] = ["image_encoder"]
     model_cpu_offload_seq = "image_encoder->unet->vae"
 
     def __init__(
@@ -178,27 +179,43 @@ class M2MPipeline(DiffusionPipeline):
         _check_args(num_images, num_inference_steps, guidance_scale, seed, max_context)
         images = self.prepare(context)
         cache = self.encode_context(images) if context_cache else None
-        keep = torch.tensor([True, False], device=self.device) if guidance_scale != 1.0 else None
-        for _ in range(num_images):
-            index, window = len(images), context_window(len(images), max_context)
-            ctx = self._context_for(window, images, cache, keep)
-            latent = self.denoise(ctx, image_seed(seed, index), num_inference_steps, guidance_scale, scheduler, on_step)
-            pixels = self.decode(latent)
-            image = to_pil(pixels)[0]
-            yield GeneratedImage(index, image_seed(seed, index), image, (pixels[0].float().cpu() + 1) / 2)
-            images.append(image)
-            if cache is not None and len(images) < len(context) + num_images:
-                self.encode_context([image], cache)  # from its 8-bit pixels, as if given: regeneration is exact
+        for k in range(num_images):
+            result = self.next_image(
+                images, cache, seed, num_inference_steps, guidance_scale, max_context, scheduler, on_step
+            )
+            yield result
+            images.append(result.image)
+            if cache is not None and k < num_images - 1:
+                self.encode_context([result.image], cache)  # from its 8-bit pixels, as if given: regeneration is exact
 
-    def _context_for(self, window, images, cache, keep) -> Callable[[], CachedContext | None]:
+    def next_image(
+        self,
+        images: list[Image.Image],
+        cache: ContextCache | None,
+        seed: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        max_context: int | None = None,
+        scheduler: str | None = None,
+        on_step: Callable[[], None] | None = None,
+    ) -> GeneratedImage:
+        """The image after the prepared `images`; `cache` holds their K/V, or is None to recompute every step."""
+        index = len(images)
+        n_cond = 1 if guidance_scale != 1.0 else None  # guidance batch: [cond; uncond]
+        ctx = self._context_for(context_window(index, max_context), images, cache, n_cond)
+        latent = self.denoise(ctx, image_seed(seed, index), num_inference_steps, guidance_scale, scheduler, on_step)
+        pixels = self.decode(latent)  # (1, 3, H, W)
+        return GeneratedImage(index, image_seed(seed, index), to_pil(pixels)[0], (pixels[0].float().cpu() + 1) / 2)
+
+    def _context_for(self, window, images, cache, n_cond) -> Callable[[], CachedContext | None]:
         """Cached: one context for every step. Recomputed (the paper's way): the window re-encoded each step."""
         if not window:
             return lambda: None
         if cache is not None:
-            cached = cache.context(window, keep)
+            cached = cache.context(window, n_cond)
             return lambda: cached
         inputs = self.context_inputs([images[i] for i in window])
-        return lambda: self.encode_inputs(inputs).context(list(range(len(window))), keep)
+        return lambda: self.encode_inputs(inputs).context(list(range(len(window))), n_cond)
 
     def __call__(self, context: Sequence[Image.Image] = (), **kwargs) -> M2MPipelineOutput:
         results = list(self.generate_iter(context, **kwargs))

@@ -64,7 +64,7 @@ TINY = Preset(
     # v-prediction: with ε the tiny model learns nothing from the context (DESIGN.md §3)
     scheduler={**SD_SCHEDULER, "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
     image_encoder_size=128,
-    max_context_tokens=64,
+    max_context_tokens=16,  # 4x4 per image and layer: 16 context images cost 256 keys
 )  # fmt: skip
 
 SD21_BASE = Preset(

@@ -1,0 +1,123 @@
+"""Image-Set Attention: shapes, causality across images, the null context, training = inference."""
+
+import pytest
+import torch
+
+from m2m.attention import NullContext, cross_attentions, pool_tokens
+from m2m.encoders import ContextCache, dino_tokens, encode_dino, encode_self
+from m2m.model import M2MModel
+
+
+def make_model(pipe) -> M2MModel:
+    return M2MModel(pipe.unet, pipe.isa, pipe.scheduler, pipe.image_encoder, context_dropout=0.0)
+
+
+def fixed_batch(pipe, b: int, k: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    size = pipe.unet.config.sample_size
+    latents = torch.randn(b, k, 4, size, size, generator=g)
+    pixels = torch.rand(b, k, 3, pipe.resolution, pipe.resolution, generator=g) * 2 - 1
+    timesteps = torch.randint(0, 1000, (b * k,), generator=g)
+    noise = torch.randn(b * k, 4, size, size, generator=g)
+    return latents, pixels, timesteps, noise
+
+
+@torch.no_grad()
+def predictions(model, latents, pixels, timesteps, noise, sees=None):
+    b, k = latents.shape[:2]
+    sees = torch.ones(b, k, dtype=torch.bool) if sees is None else sees
+    x0 = latents.flatten(0, 1)
+    xt = model.scheduler.add_noise(x0, noise, timesteps)
+    return model.predict(x0, xt, timesteps, sees, pixels).view(b, k, *x0.shape[1:])
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_loss_is_per_image(pipe, k):
+    model = make_model(pipe)
+    latents, pixels, timesteps, noise = fixed_batch(pipe, 2, k)
+    loss = model(latents, pixels, timesteps, noise)
+    assert loss.shape == (2, k)
+    assert torch.isfinite(loss).all()
+
+
+def test_causal_across_images(pipe):
+    """Changing image j changes no prediction for images 1..j, and changes those after it."""
+    model = make_model(pipe)
+    latents, pixels, timesteps, noise = fixed_batch(pipe, 1, 4)
+    base = predictions(model, latents, pixels, timesteps, noise)
+    j = 1
+    latents2, pixels2 = latents.clone(), pixels.clone()
+    latents2[:, j] += 1.0
+    pixels2[:, j] = -pixels2[:, j]
+    changed = predictions(model, latents2, pixels2, timesteps, noise)
+    diff = (changed - base).abs().amax(dim=(0, 2, 3, 4))  # (K,)
+    assert diff[:j].max() < 1e-5  # images before j do not see it
+    assert diff[j + 1 :].min() > 1e-4  # images after j do
+
+
+def test_first_image_and_dropout_see_the_null_context(pipe):
+    """Image 1 and context-dropped images equal a plain UNet call with the null context."""
+    model = make_model(pipe)
+    latents, pixels, timesteps, noise = fixed_batch(pipe, 1, 3)
+    sees = torch.tensor([[True, False, True]])
+    pred = predictions(model, latents, pixels, timesteps, noise, sees)
+    xt = model.scheduler.add_noise(latents.flatten(0, 1), noise, timesteps)
+    with torch.no_grad():
+        alone = pipe.unet(xt, timesteps, None, cross_attention_kwargs={"isa": NullContext()}).sample
+    assert torch.allclose(pred[0, 0], alone[0], atol=1e-5)
+    assert torch.allclose(pred[0, 1], alone[1], atol=1e-5)
+    assert not torch.allclose(pred[0, 2], alone[2], atol=1e-4)
+
+
+def test_training_forward_equals_cached_inference(pipe):
+    """Teacher forcing predicts image i exactly as generation does from images < i in the cache."""
+    model = make_model(pipe)
+    latents, pixels, timesteps, noise = fixed_batch(pipe, 1, 4)
+    pred = predictions(model, latents, pixels, timesteps, noise)
+    with torch.no_grad():
+        if pipe.variant == "self":
+            kv = encode_self(pipe.unet, latents[0])
+        else:
+            kv = encode_dino(pipe.unet, pipe.isa, pipe.image_encoder, pixels[0])
+        cache = ContextCache()
+        cache.extend(kv)
+        xt = model.scheduler.add_noise(latents.flatten(0, 1), noise, timesteps)
+        for i in range(1, 4):
+            ctx = cache.context(list(range(i)))
+            out = pipe.unet(xt[i : i + 1], timesteps[i : i + 1], None, cross_attention_kwargs={"isa": ctx}).sample
+            assert torch.allclose(out[0], pred[0, i], atol=1e-5), i
+
+
+def test_gradients_reach_isa_and_unet_not_dino(pipe):
+    model = make_model(pipe)
+    latents, pixels, timesteps, noise = fixed_batch(pipe, 2, 3)
+    model(latents, pixels, timesteps, noise).mean().backward()
+    assert all(p.grad is not None for p in pipe.isa.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in pipe.unet.parameters())
+    if pipe.image_encoder is not None:
+        assert all(p.grad is None for p in pipe.image_encoder.parameters())
+    model.zero_grad(set_to_none=True)
+
+
+def test_isa_takes_every_cross_attention(pipe):
+    names = [n for n, _ in cross_attentions(pipe.unet)]
+    assert len(names) == len(pipe.isa.layers) > 0
+    procs = pipe.unet.attn_processors
+    assert all(type(procs[f"{n}.processor"]).__name__ == "ImageSetAttnProcessor" for n in names)
+
+
+def test_pooling_keeps_at_most_the_budget():
+    x = torch.randn(2, 64, 8)  # an 8x8 map
+    assert pool_tokens(x, 16).shape == (2, 16, 8)
+    assert pool_tokens(x, 64) is x
+    assert torch.allclose(pool_tokens(x, 1)[:, 0], x.mean(1), atol=1e-6)
+
+
+def test_dino_tokens_shape(micro):
+    from m2m.presets import build_pipeline
+
+    pipe = build_pipeline(micro, "dino")
+    pixels = torch.rand(3, 3, pipe.resolution, pipe.resolution) * 2 - 1
+    tokens = dino_tokens(pipe.image_encoder, pipe.isa, pixels)
+    patches = (micro.image_encoder_size // micro.image_encoder["patch_size"]) ** 2
+    assert tokens.shape == (3, 1 + patches, pipe.unet.config.cross_attention_dim)

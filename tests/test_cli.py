@@ -1,0 +1,83 @@
+"""`python -m m2m generate` as a user runs it: outputs, manifest, zip, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from PIL import Image
+
+from m2m.images import file_sha256
+from m2m.presets import build_pipeline
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, micro):
+    path = tmp_path_factory.mktemp("ckpt") / "m2m-self-micro"
+    build_pipeline(micro, "self").save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def context_files(tmp_path_factory, images):
+    folder = tmp_path_factory.mktemp("context")
+    paths = []
+    for i, img in enumerate(images(2)):
+        paths.append(folder / f"c{i}.png")
+        img.save(paths[-1])
+    return paths
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "m2m", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_generate_writes_pngs_manifest_and_zip(checkpoint, context_files, tmp_path):
+    out = tmp_path / "out"
+    ctx = [str(p) for p in context_files]
+    args = ["--num-images", "3", "--steps", "2", "--guidance", "2.5", "--seed", "4", "--out", str(out)]
+    proc = run_cli("generate", "--checkpoint", str(checkpoint), "--context", *ctx, *args)
+    assert proc.returncode == 0, proc.stderr
+    assert "generating" in proc.stderr  # the progress bar
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["variant"] == "self"
+    assert manifest["parameters"] | {"seed": 4, "steps": 2, "guidance": 2.5} == manifest["parameters"]
+    assert [c["sha256"] for c in manifest["context"]] == [file_sha256(p) for p in ctx]
+    assert [e["index"] for e in manifest["images"]] == [2, 3, 4]
+    with zipfile.ZipFile(out / "set.zip") as zf:
+        assert sorted(zf.namelist()) == sorted([e["file"] for e in manifest["images"]] + ["manifest.json"])
+    first = Image.open(out / manifest["images"][0]["file"])
+    assert json.loads(first.text["m2m"])["seed"] == manifest["images"][0]["seed"]
+
+
+def make_bad_files(folder, images):
+    (folder / "text.png").write_text("not an image")
+    good = folder / "good.png"
+    images(1)[0].save(good)
+    (folder / "truncated.png").write_bytes(good.read_bytes()[:80])
+    return {
+        "missing": (str(folder / "nope.png"), "no such file"),
+        "not an image": (str(folder / "text.png"), "not an image"),
+        "truncated": (str(folder / "truncated.png"), "truncated"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "not an image", "truncated"])
+def test_bad_context_file_is_one_line(checkpoint, tmp_path, images, case):
+    path, message = make_bad_files(tmp_path, images)[case]
+    proc = run_cli("generate", "--checkpoint", str(checkpoint), "--context", path, "--out", str(tmp_path / "o"))
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bad_checkpoint_is_one_line(tmp_path):
+    (tmp_path / "model_index.json").write_text(
+        '{"_class_name": "M2MPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}'
+    )
+    proc = run_cli("generate", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "cannot load" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,125 @@
+"""MIS-synth and the set loader: determinism, the held-out split, shard round trips, batch shapes."""
+
+import numpy as np
+import pytest
+
+from train import synth
+from train.data import SetCollate, make_loader
+from train.shards import read_shard, write_shard, write_shards
+
+
+def arrays(images):
+    return [np.asarray(img) for img in images]
+
+
+def test_generator_is_deterministic_and_varied():
+    a, b = synth.set_record("train", 3, 4), synth.set_record("train", 3, 4)
+    assert a["meta"] == b["meta"]
+    assert all(np.array_equal(x, y) for x, y in zip(arrays(a["images"]), arrays(b["images"]), strict=True))
+    imgs = arrays(a["images"])
+    assert all(img.shape == (synth.SIZE, synth.SIZE, 3) for img in imgs)
+    assert not np.array_equal(imgs[0], imgs[1])  # layout, pose, count and detail vary within a set
+
+
+def test_heldout_combinations_are_unseen_but_their_parts_are_seen():
+    train, held = set(synth.captions("train")), set(synth.captions("heldout"))
+    assert len(synth.CLASSES) >= 12 and len(synth.STYLES) >= 12
+    assert held and not train & held
+    assert {c.content for c in train} == set(range(len(synth.CLASSES)))
+    assert {c.style for c in train} == set(range(len(synth.STYLES)))
+    records = [synth.set_record("heldout", i, 1) for i in range(5)]
+    assert all(synth.Caption(**r["meta"]["labels"]) in held for r in records)
+
+
+def test_shard_round_trip(tmp_path):
+    records = [synth.set_record("train", i, 3) for i in range(4)]
+    path = tmp_path / "s-00000.tar"
+    assert write_shard(path, records) == 4
+    back = list(read_shard(path))
+    assert [r["key"] for r in back] == [r["key"] for r in records]
+    for r, q in zip(records, back, strict=True):
+        assert r["meta"] == q["meta"]
+        assert all(np.array_equal(x, y) for x, y in zip(arrays(r["images"]), arrays(q["images"]), strict=True))
+
+
+def test_write_shards_resumes(tmp_path):
+    def make(i):
+        return synth.set_record("train", i, 2)
+
+    paths = write_shards(tmp_path, "train", 5, 2, 1, make)
+    assert len(paths) == 3 and all(p.exists() for p in paths)
+    first = paths[0].stat().st_mtime_ns
+    paths[1].unlink()
+    write_shards(tmp_path, "train", 5, 2, 1, make)
+    assert paths[1].exists() and paths[0].stat().st_mtime_ns == first  # done shards are skipped
+    assert sum(1 for p in paths for _ in read_shard(p)) == 5
+
+
+@pytest.mark.parametrize("source", ["synth", "shards"])
+def test_loader_batches(tmp_path, source):
+    spec = "synth:train"
+    if source == "shards":
+        write_shards(tmp_path, "train", 6, 3, 1, lambda i: synth.set_record("train", i, 5))
+        spec = str(tmp_path)
+    loader = make_loader(spec, batch_size=3, min_k=2, max_k=4, resolution=64, workers=2, n_sets=6)
+    batches = list(loader)
+    assert sum(b["pixels"].shape[0] for b in batches) == 6
+    for b in batches:
+        bsz, k = b["pixels"].shape[:2]
+        assert 2 <= k <= 4 and b["pixels"].shape[2:] == (3, 64, 64)
+        assert b["pixels"].min() >= -1 and b["pixels"].max() <= 1
+        assert ((b["content"] >= 0) & (b["content"] < len(synth.CLASSES))).all()
+        assert len(b["keys"]) == bsz
+    assert len({k for b in batches for k in b["keys"]}) == 6  # workers split the sets, none twice
+
+
+def test_collate_rejects_short_sets():
+    import torch
+
+    with pytest.raises(ValueError, match="min_k"):
+        SetCollate(3, 4)([{"pixels": torch.zeros(2, 3, 8, 8), "content": 0, "style": 0, "key": "a"}])
+
+
+def tiny_text_to_image(path, tokenizer):
+    """A Stable Diffusion pipeline of tiny random components: no download."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vocab = tokenizer.get_vocab()
+    text = CLIPTextModel(
+        CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, max_position_embeddings=16, eos_token_id=1, bos_token_id=0)
+    )  # fmt: skip
+    unet = UNet2DConditionModel(
+        sample_size=4, block_out_channels=(16, 32), layers_per_block=1, cross_attention_dim=16,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=8, attention_head_dim=2,
+    )  # fmt: skip
+    blocks = dict(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    vae = AutoencoderKL(block_out_channels=(8, 8), latent_channels=4, norm_num_groups=8, **blocks)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=DDIMScheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(path / "sd")
+    return path / "sd"
+
+
+def test_make_mis_renders_sets_and_resumes(tmp_path, clip_tokenizer):
+    from train import make_mis
+
+    model = tiny_text_to_image(tmp_path, clip_tokenizer)
+    captions = tmp_path / "cc.tsv"
+    captions.write_text("http://a\ta red fox.\nhttp://b\t\nhttp://c\tblue bird, flying\nhttp://d\tsea\n")
+    out = tmp_path / "mis"
+    args = ["--captions", str(captions), "--out", str(out), "--model", str(model), "--images-per-set", "3",
+            "--steps", "2", "--size", "8", "--sets-per-shard", "2"]  # fmt: skip
+    assert make_mis.main(args) == 0
+    shards = sorted(out.glob("*.tar"))
+    records = [r for s in shards for r in read_shard(s)]
+    assert [r["meta"]["caption"] for r in records] == ["a red fox.", "blue bird, flying", "sea"]
+    assert all(len(r["images"]) == 3 and r["images"][0].size == (8, 8) for r in records)
+    assert records[0]["meta"]["seeds"] == make_mis.image_seeds(0, 0, 3)
+    assert not np.array_equal(*arrays(records[0]["images"][:2]))  # only the noise differs, and it shows
+    stamp = shards[0].stat().st_mtime_ns
+    assert make_mis.main(args) == 0 and shards[0].stat().st_mtime_ns == stamp

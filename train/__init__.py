@@ -1,0 +1,1 @@
+"""Reproduction: data (MIS recipe, MIS-synth), loaders, training and evaluation."""

@@ -1,0 +1,114 @@
+"""One loader for MIS and MIS-synth: batches of image sets with a set length sampled per batch.
+
+loader = make_loader("data/mis-synth/train-*.tar", batch_size=8, min_k=2, max_k=6)
+loader = make_loader("synth:train", batch_size=8, min_k=2, max_k=6, n_sets=10000)   # drawn on the fly
+batch["pixels"]   (B, K, 3, H, W) in [-1, 1], for the autoencoder
+batch["content"], batch["style"]   (B,) labels, -1 where the source has none
+"""
+
+from __future__ import annotations
+
+import glob
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from m2m.images import to_model_size, to_tensor
+from train import synth
+from train.shards import read_shard
+
+
+def shard_list(spec: str) -> list[Path]:
+    """A directory, a glob or a comma-separated list of .tar shards."""
+    paths = []
+    for part in spec.split(","):
+        p = Path(part)
+        paths += sorted(p.glob("*.tar")) if p.is_dir() else [Path(x) for x in sorted(glob.glob(part))]
+    if not paths:
+        raise FileNotFoundError(f"no shards match {spec!r}")
+    return paths
+
+
+class SetDataset(IterableDataset):
+    """Image sets from shards or from MIS-synth on the fly, split across ranks and workers, shuffled per epoch."""
+
+    def __init__(
+        self, source: str, resolution: int = 128, n_sets: int | None = None, max_set: int = 8, rank: int = 0,
+        world: int = 1, shuffle: bool = True, seed: int = 0,
+    ):  # fmt: skip
+        super().__init__()
+        self.source, self.resolution, self.n_sets, self.max_set = source, resolution, n_sets, max_set
+        self.rank, self.world, self.shuffle, self.seed, self.epoch = rank, world, shuffle, seed, 0
+        if source.startswith("synth:"):
+            self.split, self.shards = source.removeprefix("synth:"), None
+            synth.captions(self.split)  # validates the split name
+        else:
+            self.split, self.shards = None, shard_list(source)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _parts(self, n: int) -> list[int]:
+        """This rank and worker's share of n items (shards or sets), in this epoch's order."""
+        order = list(range(n))
+        if self.shuffle:
+            random.Random(self.seed * 1000 + self.epoch).shuffle(order)
+        worker = get_worker_info()
+        wid, nw = (worker.id, worker.num_workers) if worker else (0, 1)
+        return order[self.rank * nw + wid :: self.world * nw]
+
+    def records(self) -> Iterator[dict]:
+        """This rank and worker's sets as shard records: {"key", "images" (PIL), "meta"}."""
+        if self.shards is None:
+            n = self.n_sets or 10000
+            return (synth.set_record(self.split, i, self.max_set, self.seed) for i in self._parts(n))
+        return (r for i in self._parts(len(self.shards)) for r in read_shard(self.shards[i]))
+
+    def __iter__(self) -> Iterator[dict]:
+        return map(self.to_item, self.records())
+
+    def to_item(self, record: dict) -> dict:
+        images = [to_model_size(img, self.resolution) for img in record["images"][: self.max_set]]
+        labels = record["meta"].get("labels", {})
+        return {
+            "pixels": to_tensor(images),  # (K, 3, H, W) in [-1, 1]
+            "content": labels.get("content", -1),
+            "style": labels.get("style", -1),
+            "key": record["key"],
+        }
+
+
+class SetCollate:
+    """Stack sets into a batch with one set length K in [min_k, max_k] per batch (a random subset of each set)."""
+
+    def __init__(self, min_k: int, max_k: int):
+        if not 1 <= min_k <= max_k:
+            raise ValueError(f"need 1 <= min_k <= max_k, got {min_k}, {max_k}")
+        self.min_k, self.max_k = min_k, max_k
+
+    def __call__(self, items: list[dict]) -> dict:
+        shortest = min(item["pixels"].shape[0] for item in items)
+        k = int(torch.randint(self.min_k, min(self.max_k, shortest) + 1, ()).item()) if shortest >= self.min_k else 0
+        if k == 0:
+            raise ValueError(f"a set has {shortest} images, fewer than min_k={self.min_k}")
+        picks = [torch.randperm(item["pixels"].shape[0])[:k] for item in items]  # MIS images are exchangeable
+        return {
+            "pixels": torch.stack([item["pixels"][p] for item, p in zip(items, picks, strict=True)]),  # (B, K, 3, H, W)
+            "content": torch.tensor([item["content"] for item in items]),
+            "style": torch.tensor([item["style"] for item in items]),
+            "keys": [item["key"] for item in items],
+        }
+
+
+def make_loader(
+    source: str, batch_size: int, min_k: int = 2, max_k: int = 8, resolution: int = 128, workers: int = 2,
+    n_sets: int | None = None, rank: int = 0, world: int = 1, shuffle: bool = True, seed: int = 0,
+) -> DataLoader:  # fmt: skip
+    dataset = SetDataset(source, resolution, n_sets, max_k, rank, world, shuffle, seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=SetCollate(min_k, max_k),
+        persistent_workers=False, generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip

@@ -1,0 +1,160 @@
+"""Measure a checkpoint on held-out sets: given the first c images, generate the next ones.
+
+    python -m train.evaluate --checkpoint checkpoints/m2m-self-tiny --contexts 1 2 4 8 --generate 4
+
+Every number comes with its floor and its ceiling, side by side:
+  model        the checkpoint, given the first c images of each set
+  no-context   the same checkpoint with an empty context (the floor)
+  truth        the set's real next images (the ceiling)
+
+Offline metrics (no download), judged by the MIS-synth probes (train/train_probes.py):
+content / style consistency (share of images whose predicted class / style is the context's),
+image-image similarity (cosine in probe feature space, against the context), and a Fréchet
+distance in probe feature space against real held-out images. `drift` is the consistency at
+each position of the generated sequence. `--paper-metrics` adds the paper's FID, IS,
+text-image and image-image CLIP (torchmetrics + a CLIP model, when their weights can be had).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import linalg
+from tqdm import tqdm
+
+from m2m.images import to_model_size, to_tensor
+from m2m.pipeline import M2MPipeline, load_pipeline
+from train.data import SetDataset
+from train.probes import Probe
+
+GROUPS = ("model", "no-context", "truth")
+
+
+def load_sets(source: str, n_sets: int, length: int, seed: int = 0, offset: int = 0) -> list[dict]:
+    """Sets `offset`..`offset + n_sets` (in order) that have at least `length` images."""
+    data = SetDataset(source, n_sets=offset + n_sets, max_set=length, shuffle=False, seed=seed)
+    long_enough = (r for r in data.records() if len(r["images"]) >= length)
+    return list(itertools.islice(long_enough, offset, offset + n_sets))
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, F): the FID formula."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean.real))
+
+
+@torch.no_grad()
+def probe_outputs(probe: Probe, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+    x = to_tensor([to_model_size(img, 128) for img in images])
+    f = probe.features(x)
+    return {"features": torch.nn.functional.normalize(f, dim=1), "raw": f,
+            "content": probe.content(f).argmax(1), "style": probe.style(f).argmax(1)}  # fmt: skip
+
+
+def majority(labels: torch.Tensor) -> int:
+    return int(torch.mode(labels).values)
+
+
+def probe_metrics(probe: Probe, contexts: list[list], outputs: list[list], reference: list) -> dict:
+    """Consistency with each set's context, similarity to it, drift per position, Fréchet distance to real images."""
+    hits = {"content": [], "style": []}
+    sims = []
+    for ctx, gen in zip(contexts, outputs, strict=True):
+        c, g = probe_outputs(probe, ctx), probe_outputs(probe, gen)
+        for key in hits:
+            hits[key].append((g[key] == majority(c[key])).float())  # (n_gen,)
+        sims.append((g["features"] @ c["features"].T).mean())
+    feats = torch.cat([probe_outputs(probe, gen)["raw"] for gen in outputs]).numpy()
+    ref = probe_outputs(probe, reference)["raw"].numpy()
+    per_position = {k: torch.stack(v).mean(0) for k, v in hits.items()}
+    return {
+        "content_consistency": float(torch.stack(hits["content"]).mean()),
+        "style_consistency": float(torch.stack(hits["style"]).mean()),
+        "similarity": float(torch.stack(sims).mean()),
+        "frechet_probe": frechet_distance(feats, ref),
+        "drift_content": [round(float(x), 4) for x in per_position["content"]],
+        "drift_style": [round(float(x), 4) for x in per_position["style"]],
+    }
+
+
+def generate(pipe: M2MPipeline, sets: list[dict], c: int, n_gen: int, steps: int, guidance: float, seed: int):
+    """Per set: (context, model's next images, no-context images, true next images)."""
+    rows = []
+    for i, record in enumerate(tqdm(sets, desc=f"c={c}", leave=False)):
+        ctx, truth = record["images"][:c], record["images"][c : c + n_gen]
+        kw = dict(num_images=n_gen, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i)
+        model = pipe(ctx, **kw).images
+        floor = pipe([], **kw).images
+        rows.append((ctx, model, floor, truth))
+    return rows
+
+
+def evaluate(pipe, probe, sets, reference, contexts, n_gen, steps, guidance, seed, paper=None) -> dict:
+    results = {}
+    for c in contexts:
+        rows = generate(pipe, sets, c, n_gen, steps, guidance, seed)
+        ctxs = [r[0] for r in rows]
+        results[c] = {}
+        for g, group in enumerate(GROUPS):
+            outs = [r[1 + g] for r in rows]
+            results[c][group] = probe_metrics(probe, ctxs, outs, reference)
+            if paper is not None:
+                results[c][group].update(paper(ctxs, outs, [s["meta"].get("caption", "") for s in sets], reference))
+    return results
+
+
+def table(results: dict) -> str:
+    keys = [k for k in next(iter(next(iter(results.values())).values())) if not k.startswith("drift")]
+    lines = ["| context | group | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for c, groups in results.items():
+        for group, metrics in groups.items():
+            lines.append(f"| {c} | {group} | " + " | ".join(f"{metrics[k]:.3f}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--probes", default="checkpoints/probes")
+    p.add_argument("--source", default="synth:heldout", help="synth:heldout or a shard directory/glob")
+    p.add_argument("--sets", type=int, default=50)
+    p.add_argument("--contexts", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--generate", type=int, default=4, help="images generated per set (the paper: 10)")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--paper-metrics", action="store_true", help="FID, IS, CLIP scores (needs their weights)")
+    p.add_argument("--clip-model", default="openai/clip-vit-large-patch14")
+    p.add_argument("--out", default=None, help="JSON results (default: runs/eval-<checkpoint>.json)")
+    args = p.parse_args(argv)
+
+    pipe, probe = load_pipeline(args.checkpoint), Probe.load(args.probes)
+    pipe.set_progress_bar_config(disable=True)
+    length = max(args.contexts) + args.generate
+    sets = load_sets(args.source, args.sets, length, args.seed)
+    reference = [img for s in load_sets(args.source, args.sets, length, args.seed, offset=args.sets)
+                 for img in s["images"][: args.generate]]  # fmt: skip
+    paper = None
+    if args.paper_metrics:
+        from train.paper_metrics import PaperMetrics
+
+        paper = PaperMetrics.from_pretrained(args.clip_model)
+    results = evaluate(pipe, probe, sets, reference, args.contexts, args.generate, args.steps, args.guidance,
+                       args.seed, paper)  # fmt: skip
+    print(table(results))
+    out = Path(args.out or f"runs/eval-{Path(args.checkpoint).name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
