@@ -1,15 +1,26 @@
-"""Draw the small example context sets shipped in examples/ (deterministic; rerun to remake them)."""
+"""Make the ready context sets of examples/ (deterministic; rerun to remake them).
 
+    python examples/make_examples.py       # needs scikit-image for the real photographs
+
+- shapes/          three drawn images sharing content and style
+- mis-synth-*/     held-out MIS-synth sets (class-style combinations never seen in training)
+- real-photos/     photographs bundled with scikit-image (public domain), for zero-shot continuation
+"""
+
+import shutil
+import sys
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+SIZE = 128
 
 
 def shapes(index: int) -> Image.Image:
-    """A warm palette, round shapes on a dark background: a set that shares content and style."""
-    img = Image.new("RGB", (128, 128), (24, 20, 48))
+    """A warm palette, round shapes on a dark background."""
+    img = Image.new("RGB", (SIZE, SIZE), (24, 20, 48))
     draw = ImageDraw.Draw(img)
     for j in range(2 + index):
         x, y = (23 + 37 * j + 19 * index) % 96, (61 + 29 * j * (index + 1)) % 96
@@ -18,7 +29,34 @@ def shapes(index: int) -> Image.Image:
     return img
 
 
+def write_set(name: str, images: list[Image.Image]) -> None:
+    folder = HERE / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for i, img in enumerate(images):
+        ImageOps.fit(img.convert("RGB"), (SIZE, SIZE), Image.Resampling.LANCZOS).save(folder / f"{i}.png")
+
+
+def main() -> None:
+    from train import synth
+
+    write_set("shapes", [shapes(i) for i in range(3)])
+    seen = set()
+    for index in range(100):  # the first held-out sets of three different classes
+        record = synth.set_record("heldout", index, 4)
+        if record["meta"]["labels"]["content"] in seen or len(seen) == 3:
+            continue
+        seen.add(record["meta"]["labels"]["content"])
+        name = record["meta"]["caption"].replace(", ", "-").replace(" ", "")
+        write_set(f"mis-synth-{name}", record["images"])
+    try:
+        from skimage import data
+    except ImportError:
+        print("scikit-image is not installed: real-photos/ left as it is")
+        return
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    write_set("real-photos", [Image.fromarray(p) for p in photos])
+
+
 if __name__ == "__main__":
-    (HERE / "shapes").mkdir(exist_ok=True)
-    for i in range(3):
-        shapes(i).save(HERE / "shapes" / f"{i}.png")
+    main()

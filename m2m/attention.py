@@ -48,7 +48,10 @@ def heads_attention(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tens
 
 
 def pool_tokens(hidden: Tensor, max_tokens: int | None) -> Tensor:
-    """Average-pool a square token map to at most `max_tokens` tokens (cheap context at high resolution)."""
+    """Average-pool a square token map to at most `max_tokens` tokens (cheap context at high resolution).
+
+    A map that is not square (a non-square latent) is left as it is.
+    """
     n, t, c = hidden.shape
     side = math.isqrt(t)
     if max_tokens is None or t <= max_tokens or side * side != t:
@@ -161,7 +164,12 @@ class SelfAttnProcessor(AttnProcessor2_0):
 
 def install(unet: UNet2DConditionModel, isa: ImageSetAttention) -> None:
     """Turn every cross-attention of `unet` into Image-Set Attention backed by `isa`'s weights."""
-    names = [n for n, _ in cross_attentions(unet)]
+    attns = dict(cross_attentions(unet))
+    names = list(attns)
+    plain = [a.residual_connection is False and a.rescale_output_factor == 1.0 and a.norm_cross is None
+             for a in attns.values()]  # fmt: skip
+    if not all(plain):
+        raise ValueError("ISA replaces plain cross-attention only (no residual, output rescale or cross norm)")
     missing = [n for n in names if _key(n) not in isa.layers]
     if missing or len(names) != len(isa.layers):
         raise ValueError(f"ISA weights do not match this UNet's cross-attentions (first missing: {missing[:1]})")

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 from PIL import PngImagePlugin
@@ -14,6 +13,7 @@ from tqdm import tqdm
 
 from m2m.images import ImageInputError, file_sha256, load_image
 from m2m.pipeline import SCHEDULERS, CheckpointError, load_pipeline
+from m2m.sets import write_zip
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "m2m-self-tiny"
 
@@ -109,12 +109,7 @@ def png_info(manifest: dict, result) -> PngImagePlugin.PngInfo:
 
 def write_outputs(out: Path, manifest: dict) -> None:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    tmp = out / "set.zip.tmp"
-    with zipfile.ZipFile(tmp, "w") as zf:  # PNGs are already compressed: store them
-        for entry in manifest["images"]:
-            zf.write(out / entry["file"], entry["file"])
-        zf.write(out / "manifest.json", "manifest.json")
-    tmp.replace(out / "set.zip")
+    write_zip(out / "set.zip", {e["file"]: out / e["file"] for e in manifest["images"]}, manifest)
 
 
 def init(args: argparse.Namespace) -> int:

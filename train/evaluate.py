@@ -53,10 +53,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 @torch.no_grad()
 def probe_outputs(probe: Probe, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-    x = to_tensor([to_model_size(img, 128) for img in images])
-    f = probe.features(x)
-    return {"features": torch.nn.functional.normalize(f, dim=1), "raw": f,
-            "content": probe.content(f).argmax(1), "style": probe.style(f).argmax(1)}  # fmt: skip
+    out = probe.predict(to_tensor([to_model_size(img, 128) for img in images]))
+    return {**out, "unit": torch.nn.functional.normalize(out["features"], dim=1)}
 
 
 def majority(labels: torch.Tensor) -> int:
@@ -71,9 +69,9 @@ def probe_metrics(probe: Probe, contexts: list[list], outputs: list[list], refer
         c, g = probe_outputs(probe, ctx), probe_outputs(probe, gen)
         for key in hits:
             hits[key].append((g[key] == majority(c[key])).float())  # (n_gen,)
-        sims.append((g["features"] @ c["features"].T).mean())
-    feats = torch.cat([probe_outputs(probe, gen)["raw"] for gen in outputs]).numpy()
-    ref = probe_outputs(probe, reference)["raw"].numpy()
+        sims.append((g["unit"] @ c["unit"].T).mean())
+    feats = torch.cat([probe_outputs(probe, gen)["features"] for gen in outputs]).numpy()
+    ref = probe_outputs(probe, reference)["features"].numpy()
     per_position = {k: torch.stack(v).mean(0) for k, v in hits.items()}
     return {
         "content_consistency": float(torch.stack(hits["content"]).mean()),

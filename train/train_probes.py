@@ -1,6 +1,9 @@
 """Train the content and style probes on MIS-synth; report their accuracy on held-out combinations.
 
-python -m train.train_probes --out checkpoints/probes --steps 1500
+    python -m train.train_probes --out checkpoints/probes
+
+The training images are drawn once into memory (a few hundred MB of uint8), then sampled with
+horizontal flips: drawing them anew at every step would cost more than the training.
 """
 
 from __future__ import annotations
@@ -8,68 +11,76 @@ from __future__ import annotations
 import argparse
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from train import synth
-from train.data import make_loader
 from train.probes import Probe
 
 
-def flatten(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A batch of sets -> images (B*K, 3, H, W) with each image's set labels."""
-    k = batch["pixels"].shape[1]
-    return batch["pixels"].flatten(0, 1), batch["content"].repeat_interleave(k), batch["style"].repeat_interleave(k)
+def draw(split: str, n_sets: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n_sets sets of k images: uint8 images (N, 3, H, W), content and style labels (N,)."""
+    images, content, style = [], [], []
+    for i in tqdm(range(n_sets), desc=f"drawing {split}", leave=False):
+        record = synth.set_record(split, i, k, seed)
+        images += [np.asarray(img) for img in record["images"]]
+        content += [record["meta"]["labels"]["content"]] * k
+        style += [record["meta"]["labels"]["style"]] * k
+    return (
+        torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+        torch.tensor(content),
+        torch.tensor(style),
+    )
+
+
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 127.5 - 1  # (N, 3, H, W) in [-1, 1]
 
 
 @torch.no_grad()
-def accuracy(probe: Probe, split: str, n_sets: int, workers: int) -> dict[str, float]:
+def accuracy(probe: Probe, images: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> dict[str, float]:
     probe.eval()
-    hits = {"content": 0, "style": 0}
-    total = 0
-    for batch in make_loader(f"synth:{split}", 32, 4, 4, workers=workers, n_sets=n_sets, shuffle=False, seed=1):
-        x, content, style = flatten(batch)
-        c_logits, s_logits = probe(x)
-        hits["content"] += (c_logits.argmax(1) == content).sum().item()
-        hits["style"] += (s_logits.argmax(1) == style).sum().item()
-        total += len(x)
-    return {k: v / total for k, v in hits.items()}
+    out = [probe.predict(to_pixels(chunk)) for chunk in images.split(256)]
+    pred_c, pred_s = torch.cat([o["content"] for o in out]), torch.cat([o["style"] for o in out])
+    return {"content": (pred_c == content).float().mean().item(), "style": (pred_s == style).float().mean().item()}
 
 
-def train(steps: int, batch_sets: int, lr: float, workers: int, seed: int) -> Probe:
+def train(data, steps: int, batch: int, lr: float, seed: int) -> Probe:
+    images, content, style = data
     torch.manual_seed(seed)
     probe = Probe(len(synth.CLASSES), len(synth.STYLES))
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1))))
-    loader = make_loader("synth:train", batch_sets, 4, 4, workers=workers, n_sets=steps * batch_sets, seed=seed)
-    bar = tqdm(loader, total=steps, desc="probes")
-    for batch in bar:
-        x, content, style = flatten(batch)
+    for step in (bar := tqdm(range(steps), desc="probes")):
+        idx = torch.randint(0, len(images), (batch,))
+        x = to_pixels(images[idx])
+        x = x.flip(3) if step % 2 else x  # the classes and styles are mirror-invariant
         c_logits, s_logits = probe(x)
-        loss = F.cross_entropy(c_logits, content) + F.cross_entropy(s_logits, style)
+        loss = F.cross_entropy(c_logits, content[idx]) + F.cross_entropy(s_logits, style[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     return probe.eval()
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="checkpoints/probes")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-sets", type=int, default=16, help="sets of 4 images per step")
+    p.add_argument("--train-sets", type=int, default=3000, help="sets of 4 images drawn for training")
+    p.add_argument("--eval-sets", type=int, default=300, help="held-out sets of 4 images")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--eval-sets", type=int, default=300)
-    p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    probe = train(args.steps, args.batch_sets, args.lr, args.workers, args.seed)
-    heldout = accuracy(probe, "heldout", args.eval_sets, args.workers)
-    print(f"held-out accuracy (unseen class-style combinations): {heldout}")
-    probe.save(args.out, {"heldout_accuracy": heldout, "train_steps": args.steps, "command": vars(args)})
+    probe = train(draw("train", args.train_sets, 4, args.seed), args.steps, args.batch, args.lr, args.seed)
+    heldout = accuracy(probe, *draw("heldout", args.eval_sets, 4, args.seed + 1))
+    print(f"held-out accuracy (class-style combinations never seen in training): {heldout}")
+    probe.save(args.out, {"heldout_accuracy": heldout, "command": vars(args)})
 
 
 if __name__ == "__main__":
