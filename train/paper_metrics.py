@@ -26,6 +26,11 @@ def to_unit(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2)
 
 
+def _embeds(out) -> torch.Tensor:
+    """CLIP's projected embeddings: transformers 5 returns them as the output's pooler_output."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
 class PaperMetrics:
     def __init__(
         self, clip, tokenizer, fid_feature: int | nn.Module = 2048, is_feature: str | nn.Module = "logits_unbiased"
@@ -44,12 +49,12 @@ class PaperMetrics:
         size = self.clip.config.vision_config.image_size
         x = F.interpolate(to_unit(images), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
         x = (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
-        return F.normalize(self.clip.get_image_features(pixel_values=x), dim=-1)  # (N, D)
+        return F.normalize(_embeds(self.clip.get_image_features(pixel_values=x)), dim=-1)  # (N, D)
 
     @torch.no_grad()
     def text_embeds(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        return F.normalize(self.clip.get_text_features(**tokens), dim=-1)  # (N, D)
+        return F.normalize(_embeds(self.clip.get_text_features(**tokens)), dim=-1)  # (N, D)
 
     def __call__(self, contexts: list[list], outputs: list[list], captions: list[str], reference: list) -> dict:
         """contexts/outputs: per set, lists of PIL images; captions: per set; reference: real images."""
