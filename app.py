@@ -16,8 +16,10 @@ import functools
 import json
 import os
 import random
+import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ VARIANTS = {"M2M-Self": "self", "M2M-DINO": "dino"}
 TASKS = {"General": "", "Novel View Synthesis": "-nvs", "Visual Procedure Generation": "-procedure"}
 MAX_CONTEXT_IMAGES = 32
 MAX_NEW_IMAGES = 24
+SESSION_TTL_S = 6 * 3600  # a session's files are removed after this long without a new set
 
 
 @dataclass(frozen=True)
@@ -152,8 +155,14 @@ def check_params(num_images, steps, guidance, seed, window) -> tuple[int, int, f
     return num_images, steps, guidance, seed, window or None
 
 
-def new_session() -> dict:
-    return {"dir": tempfile.mkdtemp(prefix="m2m-"), "context": [], "generated": [], "params": {}}
+def new_session(ttl_s: float = SESSION_TTL_S) -> dict:
+    """A session's own folder for its images and downloads; folders idle for `ttl_s` are removed."""
+    root = Path(tempfile.gettempdir()) / "m2m-sessions"
+    root.mkdir(exist_ok=True)
+    for old in root.iterdir():
+        if old.is_dir() and time.time() - old.stat().st_mtime > ttl_s:
+            shutil.rmtree(old, ignore_errors=True)
+    return {"dir": tempfile.mkdtemp(dir=root), "context": [], "generated": [], "params": {}}
 
 
 def outputs(state: dict, status: str) -> tuple:

@@ -9,6 +9,7 @@ import struct
 import time
 import zipfile
 import zlib
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -85,6 +86,13 @@ def test_regenerate_one_image(models, context_files):
     assert after[1]["index"] == 3 and after[1]["seed"] != before[1]["seed"]
     state = list(app.regenerate(models, state, 2, True, progress=no_progress))[-1][3]
     assert [g["index"] for g in state["generated"]] == [2, 3, 4] and state["generated"][0] == before[0]
+
+
+def test_idle_session_folders_are_removed():
+    old = Path(app.new_session()["dir"])
+    os.utime(old, (0, 0))  # idle since 1970
+    new = Path(app.new_session()["dir"])
+    assert new.is_dir() and not old.exists()
 
 
 def test_reorder_and_remove(context_files):
