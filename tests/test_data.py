@@ -123,3 +123,18 @@ def test_make_mis_renders_sets_and_resumes(tmp_path, clip_tokenizer):
     assert not np.array_equal(*arrays(records[0]["images"][:2]))  # only the noise differs, and it shows
     stamp = shards[0].stat().st_mtime_ns
     assert make_mis.main(args) == 0 and shards[0].stat().st_mtime_ns == stamp
+
+
+def test_train_autoencoder_runs_and_saves_a_loadable_vae(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from train import train_autoencoder
+
+    out = tmp_path / "vae"
+    metrics = train_autoencoder.main(
+        ["--out", str(out), "--steps", "2", "--batch-sets", "1", "--eval-sets", "2", "--workers", "0"]
+    )
+    assert np.isfinite(metrics["psnr"]) and metrics["latent_std"] > 0
+    vae = AutoencoderKL.from_pretrained(out)
+    assert vae.config.scaling_factor == pytest.approx(1 / metrics["latent_std"])
+    assert not (tmp_path / "vae.tmp").exists()

@@ -1,0 +1,105 @@
+"""Fit the tiny preset's AutoencoderKL to MIS-synth; report its reconstruction PSNR on held-out images.
+
+    python -m train.train_autoencoder --out runs/vae-tiny --steps 6000
+
+The loss is L1 plus a small KL term, as for SD's autoencoder less its GAN and LPIPS terms (no
+weights to download). At the end the latent scale (`scaling_factor`) is set to 1 / std of the
+held-out latents, so that the diffusion model sees unit-variance latents. The result is a
+diffusers folder (`AutoencoderKL.from_pretrained(out)`) and `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from tqdm import tqdm
+
+from m2m.presets import get_preset
+from train.data import make_loader
+
+
+def images(loader) -> torch.Tensor:
+    """Endless images (N, 3, H, W) in [-1, 1] from a loader of sets."""
+    while True:
+        for batch in loader:
+            yield batch["pixels"].flatten(0, 1)
+
+
+def loss_fn(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float) -> torch.Tensor:
+    posterior = vae.encode(x).latent_dist
+    recon = vae.decode(posterior.sample()).sample
+    return F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
+
+
+@torch.no_grad()
+def evaluate(vae: AutoencoderKL, held_out: torch.Tensor) -> dict[str, float]:
+    """PSNR of mean-latent reconstructions, and the latents' std (for the scaling factor)."""
+    vae.eval()
+    latents = torch.cat([vae.encode(c).latent_dist.mode() for c in held_out.split(32)])
+    recon = torch.cat([vae.decode(z).sample.clamp(-1, 1) for z in latents.split(32)])
+    mse = ((recon - held_out) / 2).pow(2).mean((1, 2, 3))  # per image, in [0, 1] units
+    vae.train()
+    return {"psnr": float((10 * torch.log10(1 / mse)).mean()), "latent_std": float(latents.std())}
+
+
+def save(vae: AutoencoderKL, out: Path, metrics: dict) -> None:
+    """Written to a temporary folder and renamed: a stop never leaves half a checkpoint."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.save_pretrained(tmp)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/vae-tiny")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch-sets", type=int, default=8, help="sets of 4 images per step")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--kl-weight", type=float, default=1e-6)
+    p.add_argument("--eval-sets", type=int, default=100, help="held-out sets of 4 images")
+    p.add_argument("--save-every", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    preset = get_preset(args.preset)
+    vae = AutoencoderKL(**preset.vae).train()
+    res = preset.vae["sample_size"]
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    warmup = min(200, args.steps // 10 + 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1)))
+    )
+    train = make_loader("synth:train", args.batch_sets, 4, 4, res, args.workers, n_sets=10**7, seed=args.seed)
+    held_out = torch.cat([b["pixels"].flatten(0, 1) for b in make_loader(
+        "synth:heldout", 16, 4, 4, res, 0, n_sets=args.eval_sets, shuffle=False, seed=args.seed + 1)])  # fmt: skip
+    out, stream = Path(args.out), images(train)
+    for step in (bar := tqdm(range(1, args.steps + 1), desc="autoencoder")):
+        loss = loss_fn(vae, next(stream), args.kl_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if step % args.save_every == 0 or step == args.steps:
+            metrics = {"step": step, **evaluate(vae, held_out), "command": vars(args)}
+            vae.register_to_config(scaling_factor=1.0 / metrics["latent_std"])
+            save(vae, out, metrics)
+            tqdm.write(f"step {step}: held-out PSNR {metrics['psnr']:.2f} dB, latent std {metrics['latent_std']:.3f}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
