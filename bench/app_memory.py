@@ -1,6 +1,6 @@
 """Resident memory of the demo's generate handler over many consecutive generations (should stay flat).
 
-    python bench/app_memory.py --runs 50
+python bench/app_memory.py --runs 50
 """
 
 from __future__ import annotations
