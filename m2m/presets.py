@@ -54,7 +54,7 @@ TINY = Preset(
     ),
     vae=dict(
         sample_size=128, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-        block_out_channels=(32, 32, 64, 64), norm_num_groups=16,
+        block_out_channels=(16, 32, 64, 64), norm_num_groups=8,  # narrow at 128x128: 2x faster to train
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     ),
     image_encoder=dict(
