@@ -8,7 +8,6 @@ this code path with random weights.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -16,14 +15,15 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 
+from m2m.images import to_tensor
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def to_unit(images: list[Image.Image]) -> torch.Tensor:
     """PIL images of one size -> (N, 3, H, W) in [0, 1]."""
-    arr = np.stack([np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0 for img in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2)
+    return (to_tensor([img.convert("RGB") for img in images]) + 1) / 2
 
 
 def _embeds(out) -> torch.Tensor:
