@@ -30,13 +30,18 @@ def encode_self(unet: UNet2DConditionModel, latents: Tensor) -> dict[str, KV]:
 
 def dino_tokens(image_encoder: Dinov2Model, isa: ImageSetAttention, pixels: Tensor) -> Tensor:
     """M2M-DINO: images (N, 3, H, W) in [-1, 1] -> projected CLS + patch tokens (N, 1 + P, D)."""
-    size = isa.config.image_encoder_size
+    with torch.no_grad():  # frozen, as DINOv2 is in the paper
+        inputs = dino_inputs(pixels, isa.config.image_encoder_size)
+        hidden = image_encoder(pixel_values=inputs).last_hidden_state  # (N, 1 + P, D_dino)
+    return isa.image_proj(hidden)  # (N, 1 + P, D)
+
+
+def dino_inputs(pixels: Tensor, size: int) -> Tensor:
+    """Images (N, 3, H, W) in [-1, 1] -> DINOv2's input: size x size, ImageNet-normalised."""
     x = F.interpolate((pixels + 1) / 2, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
     mean = x.new_tensor(IMAGENET_MEAN)[:, None, None]
     std = x.new_tensor(IMAGENET_STD)[:, None, None]
-    with torch.no_grad():  # frozen, as DINOv2 is in the paper
-        hidden = image_encoder(pixel_values=(x - mean) / std).last_hidden_state  # (N, 1 + P, D_dino)
-    return isa.image_proj(hidden)  # (N, 1 + P, D)
+    return (x - mean) / std
 
 
 def encode_dino(

@@ -44,3 +44,14 @@ def contact_sheet(context: list[Image.Image], generated: list[Image.Image], size
         sheet.paste(img.convert("RGB").resize((size, size)), (x, 0))
         x += size
     return sheet
+
+
+def stack_rows(rows: list[Image.Image], gap: int = 4) -> Image.Image:
+    """Contact-sheet rows one under another (left-aligned, white between)."""
+    width = max(r.width for r in rows)
+    sheet = Image.new("RGB", (width, sum(r.height for r in rows) + gap * (len(rows) - 1)), (255, 255, 255))
+    y = 0
+    for row in rows:
+        sheet.paste(row, (0, y))
+        y += row.height + gap
+    return sheet

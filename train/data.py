@@ -9,7 +9,9 @@ batch["content"], batch["style"]   (B,) labels, -1 where the source has none
 from __future__ import annotations
 
 import glob
+import itertools
 import random
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +44,7 @@ class SetDataset(IterableDataset):
         super().__init__()
         self.source, self.resolution, self.n_sets, self.max_set = source, resolution, n_sets, max_set
         self.rank, self.world, self.shuffle, self.seed, self.epoch = rank, world, shuffle, seed, 0
+        self.resume = (0, 0)  # (batches already taken this epoch, batch size)
         if source.startswith("synth:"):
             self.split, self.shards = source.removeprefix("synth:"), None
             synth.captions(self.split)  # validates the split name
@@ -51,21 +54,33 @@ class SetDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _parts(self, n: int) -> list[int]:
-        """This rank and worker's share of n items (shards or sets), in this epoch's order."""
+    def resume_at(self, batches: int, batch_size: int) -> None:
+        """Start the epoch after this rank's first `batches` batches (for an exact resume)."""
+        self.resume = (batches, batch_size)
+
+    def _worker(self) -> tuple[int, int, int]:
+        """(worker id, number of workers, sets this worker skips): the DataLoader takes batches from workers in turn."""
+        worker = get_worker_info()
+        wid, nw = (worker.id, worker.num_workers) if worker else (0, 1)
+        batches, batch_size = self.resume
+        return wid, nw, len(range(wid, batches, nw)) * batch_size
+
+    def _parts(self, n: int, wid: int, nw: int) -> list[int]:
+        """This rank and worker's share of n shards, in this epoch's order."""
         order = list(range(n))
         if self.shuffle:
             random.Random(self.seed * 1000 + self.epoch).shuffle(order)
-        worker = get_worker_info()
-        wid, nw = (worker.id, worker.num_workers) if worker else (0, 1)
         return order[self.rank * nw + wid :: self.world * nw]
 
     def records(self) -> Iterator[dict]:
         """This rank and worker's sets as shard records: {"key", "images" (PIL), "meta"}."""
-        if self.shards is None:
-            n = self.n_sets or 10000
-            return (synth.set_record(self.split, i, self.max_set, self.seed) for i in self._parts(n))
-        return (r for i in self._parts(len(self.shards)) for r in read_shard(self.shards[i]))
+        wid, nw, skip = self._worker()
+        if self.shards is None:  # set i is a random draw already: each epoch draws new sets (seed + epoch)
+            parts = range(self.rank * nw + wid, self.n_sets or 10000, self.world * nw)[skip:]
+            seed = self.seed + self.epoch if self.shuffle else self.seed
+            return (synth.set_record(self.split, i, self.max_set, seed) for i in parts)
+        shards = self._parts(len(self.shards), wid, nw)
+        return itertools.islice((r for i in shards for r in read_shard(self.shards[i])), skip, None)
 
     def __iter__(self) -> Iterator[dict]:
         return map(self.to_item, self.records())
@@ -91,10 +106,12 @@ class SetCollate:
 
     def __call__(self, items: list[dict]) -> dict:
         shortest = min(item["pixels"].shape[0] for item in items)
-        k = int(torch.randint(self.min_k, min(self.max_k, shortest) + 1, ()).item()) if shortest >= self.min_k else 0
-        if k == 0:
+        if shortest < self.min_k:
             raise ValueError(f"a set has {shortest} images, fewer than min_k={self.min_k}")
-        picks = [torch.randperm(item["pixels"].shape[0])[:k] for item in items]  # MIS images are exchangeable
+        # drawn from the batch's own keys: the same batch is cut the same way in any worker, after any resume
+        gen = torch.Generator().manual_seed(zlib.crc32("|".join(item["key"] for item in items).encode()))
+        k = int(torch.randint(self.min_k, min(self.max_k, shortest) + 1, (), generator=gen))
+        picks = [torch.randperm(item["pixels"].shape[0], generator=gen)[:k] for item in items]  # exchangeable images
         return {
             "pixels": torch.stack([item["pixels"][p] for item, p in zip(items, picks, strict=True)]),  # (B, K, 3, H, W)
             "content": torch.tensor([item["content"] for item in items]),

@@ -86,22 +86,27 @@ def probe_metrics(probe: Probe, contexts: list[list], outputs: list[list], refer
     }
 
 
-def generate(pipe: M2MPipeline, sets: list[dict], c: int, n_gen: int, steps: int, guidance: float, seed: int):
-    """Per set: (context, model's next images, no-context images, true next images)."""
-    rows = []
+def generate(pipe: M2MPipeline, sets: list[dict], c: int, n_gen: int, steps: int, guidance: float, seed: int,
+             floors: dict | None = None):  # fmt: skip
+    """Per set: (context, model's next images, no-context images, true next images).
+
+    The no-context images of set i depend on its seed alone, so `floors` keeps them across context sizes.
+    """
+    rows, floors = [], {} if floors is None else floors
     for i, record in enumerate(tqdm(sets, desc=f"c={c}", leave=False)):
         ctx, truth = record["images"][:c], record["images"][c : c + n_gen]
         kw = dict(num_images=n_gen, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i)
         model = pipe(ctx, **kw).images
-        floor = pipe([], **kw).images
-        rows.append((ctx, model, floor, truth))
+        if i not in floors:
+            floors[i] = pipe([], **kw).images
+        rows.append((ctx, model, floors[i], truth))
     return rows
 
 
 def evaluate(pipe, probe, sets, reference, contexts, n_gen, steps, guidance, seed, paper=None) -> dict:
-    results = {}
+    results, floors = {}, {}
     for c in contexts:
-        rows = generate(pipe, sets, c, n_gen, steps, guidance, seed)
+        rows = generate(pipe, sets, c, n_gen, steps, guidance, seed, floors)
         ctxs = [r[0] for r in rows]
         results[c] = {}
         for g, group in enumerate(GROUPS):

@@ -1,0 +1,117 @@
+"""train/train.py on the micro preset: the whole loop, exact resume after kill -9, and 2-process data parallel."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from m2m.attention import cross_attentions
+from m2m.pipeline import load_pipeline
+from m2m.presets import build_pipeline
+from train.train import TRAIN_PRESETS, parse_args, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", params=["self", "dino"])
+def start(request, micro, tmp_path_factory) -> Path:
+    """A micro pipeline folder to train from (`--init`)."""
+    folder = tmp_path_factory.mktemp(f"start-{request.param}")
+    build_pipeline(micro, request.param, seed=0).save_pretrained(folder)
+    return folder
+
+
+def args(start: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    variant = "dino" if (start / "image_encoder").exists() else "self"
+    return ["--init", str(start), "--variant", variant, "--out", str(out), "--steps", str(steps),
+            "--batch-sets", "2", "--min-k", "2", "--max-k", "3", "--workers", "0", "--log-every", "1",
+            "--val-every", "2", "--checkpoint-every", "2", "--sample-every", "100", "--warmup", "2",
+            *extra]  # fmt: skip
+
+
+def losses(out: Path) -> list[tuple[int, float]]:
+    with (out / "log.csv").open() as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def test_training_runs_logs_and_exports_a_loadable_pipeline(start, tmp_path):
+    result = train(parse_args(args(start, tmp_path, 4, "--sample-every", "4")))
+    assert result["step"] == 4
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert all(float(r["images_per_s"]) > 0 and float(r["lr"]) > 0 for r in rows)
+    assert rows[1]["val_loss_context"] and rows[1]["val_loss_no_context"]  # the sign that the context is used
+    assert (tmp_path / "samples" / "step-0000004.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
+    pipe = load_pipeline(tmp_path / "pipeline")
+    assert pipe.variant == ("dino" if (start / "image_encoder").exists() else "self")
+    assert len(pipe(num_images=1, num_inference_steps=2).images) == 1
+
+
+def test_exported_pipeline_is_the_ema_of_the_training_weights(start, tmp_path):
+    train(parse_args(args(start, tmp_path, 2, "--ema-decay", "0.0")))  # decay 0: EMA = the last weights
+    trained, initial = load_pipeline(tmp_path / "pipeline"), load_pipeline(start)
+    changed = [not torch.equal(a, b) for a, b in zip(trained.unet.parameters(), initial.unet.parameters(), strict=True)]
+    assert any(changed)
+
+
+def test_self_variant_does_not_train_the_replaced_text_projections(micro, tmp_path):
+    from m2m.model import M2MModel
+    from train.train import trainable
+
+    pipe = build_pipeline(micro, "self")
+    model = M2MModel(pipe.unet, pipe.isa, pipe.scheduler)
+    params = {id(p) for p in trainable(model)}
+    for _, attn in cross_attentions(model.unet):
+        assert id(attn.to_k.weight) not in params and id(attn.to_q.weight) in params
+    assert all(id(p) in params for p in model.isa.parameters())
+
+
+def test_kill_9_then_resume_carries_on_the_same_loss_curve(start, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train(parse_args(args(start, straight, 12)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "train.train", *args(start, killed, 12)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoints" / "step-0000004").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = max(step for step, _ in losses(killed))
+    result = train(parse_args(args(start, killed, 12)))  # the same command again
+    assert result["step"] == 12
+    assert before < 12, "the run finished before it could be killed"
+    got, want = losses(killed), losses(straight)
+    assert [s for s, _ in got] == list(range(1, 13))  # no step twice, none missing
+    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=1e-5, abs=1e-6)
+
+
+def test_two_process_data_parallel_on_cpu(micro, tmp_path):
+    folder = tmp_path / "start"
+    build_pipeline(micro, "self", seed=0).save_pretrained(folder)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "train.train", *args(folder, tmp_path / "run", 3)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on 2 process(es), DistributedType.MULTI_CPU" in proc.stdout
+    assert [s for s, _ in losses(tmp_path / "run")] == [1, 2, 3]
+    assert load_pipeline(tmp_path / "run" / "pipeline").variant == "self"
+
+
+def test_config_presets_and_flags():
+    cfg = parse_args(["--preset", "sd21-base", "--lr", "2e-5", "--no-gradient-checkpointing"])
+    assert cfg.preset == "sd21-base" and cfg.lr == 2e-5 and cfg.gradient_checkpointing is False
+    assert parse_args(["--mixed-precision", "bf16"]).mixed_precision == "bf16"
+    assert parse_args([]) == TRAIN_PRESETS["tiny"]
+    with pytest.raises(SystemExit):
+        parse_args(["--preset", "nope"])

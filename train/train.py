@@ -1,0 +1,392 @@
+"""Train M2M (either variant, any preset) on image sets with `accelerate`.
+
+    # tiny, from scratch, on this CPU (the autoencoder and the DINO encoder are pretrained first)
+    python -m train.train --preset tiny --variant self --vae runs/vae-tiny --out runs/m2m-self-tiny
+    # full scale, from SD-2.1-base, on 8 GPUs with FSDP
+    accelerate launch --config_file train/accelerate/fsdp.yaml -m train.train --preset sd21-base \\
+        --variant dino --data "data/mis/train-*.tar" --out runs/m2m-dino-sd21
+
+Each step takes a batch of sets of one length K (sampled per batch), noises every image at
+its own timestep and predicts it from the clean images before it (teacher forcing, one UNet
+call). A checkpoint (`out/checkpoints/step-N`, written to a temporary folder and renamed) holds
+the model, optimiser, schedule, EMA, RNG and data position, so a run killed at any moment
+resumes from its last checkpoint at the same step, on the same batches, with the same loss
+curve: run the same command again. `out/pipeline` is the EMA model as an M2MPipeline,
+`out/log.csv` the loss, the learning rate, images/s and a held-out loss with and without the
+context (the first sign that the context is used), `out/samples/` a sample grid every N steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import math
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import AutoencoderKL, DDIMScheduler
+from diffusers.training_utils import EMAModel
+from tqdm import tqdm
+from transformers import Dinov2Model
+
+from m2m.attention import cross_attentions
+from m2m.images import to_pil
+from m2m.model import M2MModel
+from m2m.pipeline import M2MPipeline, load_pipeline
+from m2m.presets import build_pipeline, from_hub, get_preset
+from m2m.sets import contact_sheet, stack_rows
+from train.data import make_loader
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    variant: str = "self"
+    out: str = "runs/m2m"
+    data: str = "synth:train"  # shards (dir, glob) or synth:train
+    val_data: str | None = "synth:heldout"  # held-out sets for the with/without-context loss
+    init: str | None = None  # an M2M pipeline folder to start from (fine-tuning); else the preset's start
+    vae: str | None = None  # tiny: a trained AutoencoderKL folder (train/train_autoencoder.py)
+    image_encoder: str | None = None  # tiny M2M-DINO: a pretrained Dinov2Model folder (train/pretrain_encoder.py)
+    steps: int = 3000
+    batch_sets: int = 8
+    min_k: int = 2
+    max_k: int = 6
+    lr: float = 3e-4
+    warmup: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    context_dropout: float = 0.1
+    mixed_precision: str | None = None  # no / fp16 / bf16; None: as `accelerate launch` (or its config) says
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    log_every: int = 25
+    val_every: int = 100
+    sample_every: int = 500
+    max_minutes: float | None = None  # stop (with a checkpoint) after this long; run again to go on
+    workers: int = 2
+    n_sets: int = 10**7  # synth: sets per epoch
+    seed: int = 0
+    report_to: str | None = None  # "tensorboard" or "wandb" besides log.csv
+    export_fp16: bool = False  # out/pipeline in fp16 (half the size)
+
+
+TRAIN_PRESETS = {
+    "tiny": TrainConfig(ema_decay=0.995),
+    "sd21-base": TrainConfig(
+        preset="sd21-base",
+        data="data/mis/train-*.tar",
+        val_data=None,
+        batch_sets=4,
+        max_k=4,
+        lr=1e-5,
+        warmup=500,
+        steps=100_000,
+        ema_decay=0.9999,
+        mixed_precision="fp16",
+        gradient_checkpointing=True,
+        checkpoint_every=2000,
+        sample_every=2000,
+        log_every=50,
+        val_every=1000,
+    ),
+}
+
+LOG_FIELDS = ["step", "loss", "lr", "images_per_s", "val_loss_context", "val_loss_no_context"]
+
+
+class Progress:
+    """What a checkpoint needs besides the weights: the step and the data position."""
+
+    def __init__(self):
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+
+
+def build_start(cfg: TrainConfig) -> M2MPipeline:
+    """The starting weights: an M2M pipeline (fine-tune), SD-2.1-base from the hub, or the tiny preset."""
+    if cfg.init is not None:
+        pipe = load_pipeline(cfg.init)
+        if pipe.variant != cfg.variant:
+            raise ValueError(f"--init {cfg.init} is an M2M-{pipe.variant} model, not {cfg.variant}")
+        return pipe
+    preset = get_preset(cfg.preset)
+    if preset.hub_id is not None:
+        return from_hub(preset, cfg.variant)
+    pipe = build_pipeline(preset, cfg.variant, seed=cfg.seed)
+    if cfg.vae is None and cfg.steps > 10:
+        raise ValueError("the tiny preset trains on a fitted autoencoder: pass --vae (train/train_autoencoder.py)")
+    vae = AutoencoderKL.from_pretrained(cfg.vae) if cfg.vae else pipe.vae
+    encoder = pipe.image_encoder
+    if cfg.variant == "dino" and cfg.image_encoder is not None:
+        encoder = Dinov2Model.from_pretrained(cfg.image_encoder)
+    return M2MPipeline(unet=pipe.unet, vae=vae, scheduler=pipe.scheduler, isa=pipe.isa, image_encoder=encoder)
+
+
+def trainable(model: M2MModel) -> list[torch.nn.Parameter]:
+    """UNet + ISA; M2M-Self does not use the text K/V projections, which ISA replaced with its own."""
+    if model.variant == "self":
+        for _, attn in cross_attentions(model.unet):
+            attn.to_k.requires_grad_(False)
+            attn.to_v.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Linear warm-up, then cosine down to a tenth."""
+    return lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)) * (0.55 + 0.45 * math.cos(math.pi * min(s / cfg.steps, 1)))
+
+
+@torch.no_grad()
+def to_latents(vae: AutoencoderKL, pixels: torch.Tensor, sample: bool = True) -> torch.Tensor:
+    """Sets (B, K, 3, H, W) in [-1, 1] -> scaled latents (B, K, 4, h, w), sampled or the posterior mean."""
+    dists = [vae.encode(c).latent_dist for c in pixels.flatten(0, 1).split(64)]
+    z = torch.cat([d.sample() if sample else d.mode() for d in dists])
+    return (z * vae.config.scaling_factor).unflatten(0, pixels.shape[:2])
+
+
+class Validation:
+    """A fixed held-out batch with fixed noise: the loss of images 2..K with and without their context."""
+
+    def __init__(self, cfg: TrainConfig, vae: AutoencoderKL, scheduler: DDIMScheduler, device):
+        batch = next(iter(make_loader(cfg.val_data, 16, 4, 4, vae.config.sample_size, 0, n_sets=16, shuffle=False)))
+        gen = torch.Generator().manual_seed(1234)
+        self.pixels = batch["pixels"].to(device, vae.dtype)  # (16, 4, 3, H, W)
+        self.latents = to_latents(vae, self.pixels, sample=False)  # uses no global RNG: resume stays exact
+        n = self.latents.shape[0] * self.latents.shape[1]
+        self.timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen).to(device)
+        self.noise = torch.randn(self.latents.flatten(0, 1).shape, generator=gen).to(device, self.latents.dtype)
+
+    @torch.no_grad()
+    def __call__(self, model) -> tuple[float, float]:
+        sees = torch.ones(self.latents.shape[:2], dtype=torch.bool, device=self.latents.device)  # (B, K)
+        losses = [model(self.latents, self.pixels, self.timesteps, self.noise, s)[:, 1:].mean().item()
+                  for s in (sees, ~sees)]  # fmt: skip
+        return losses[0], losses[1]
+
+
+@torch.no_grad()
+def sample_grid(pipe: M2MPipeline, sets: torch.Tensor, path: Path, steps: int = 25) -> None:
+    """One row per held-out set (K, 3, H, W): 3 context images | 3 generated. Saved as one PNG."""
+    rows = []
+    for pixels in sets:
+        context = to_pil(pixels[:3])
+        generated = pipe(context, num_images=3, num_inference_steps=steps, guidance_scale=2.0, seed=0).images
+        rows.append(contact_sheet(context, generated))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stack_rows(rows).save(path)
+
+
+def export(pipe: M2MPipeline, out: Path, fp16: bool) -> None:
+    """The EMA model as a pipeline folder, written to a temporary folder and renamed."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if fp16:
+        pipe = M2MPipeline(**{k: v for k, v in pipe.components.items()})
+        pipe.to(torch.float16)
+    pipe.save_pretrained(tmp)
+    if fp16:
+        pipe.to(torch.float32)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
+    """accelerate's full state, atomically: a kill at any moment leaves the previous checkpoint whole."""
+    final, tmp = out / "checkpoints" / f"step-{step:07d}", out / "checkpoints" / f".tmp-step-{step:07d}"
+    accelerator.save_state(str(tmp))  # the main process writes; the others wait
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted((out / "checkpoints").glob("step-*"))[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+class CsvLog:
+    """log.csv; on resume the rows after the checkpoint's step are dropped, so the curve carries on."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        if path.exists() and resume_step > 0:
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, LOG_FIELDS).writerow(row)
+
+
+def train(cfg: TrainConfig) -> dict:
+    out = Path(cfg.out)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to, project_dir=str(out))
+    if accelerator.state.deepspeed_plugin is not None:  # our loader is not prepared: DeepSpeed needs the batch size
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_sets
+    pipe = build_start(cfg)
+    set_seed(cfg.seed, device_specific=True)  # after building (which seeds itself): different noise on every rank
+    model = M2MModel(pipe.unet, pipe.isa, pipe.scheduler, pipe.image_encoder, cfg.context_dropout).train()
+    if cfg.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    params = trainable(model)
+    ema = EMAModel(params, decay=cfg.ema_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    progress = Progress()
+    accelerator.register_for_checkpointing(ema, progress)
+    vae = pipe.vae.to(accelerator.device).requires_grad_(False).eval()
+    if pipe.image_encoder is not None:
+        pipe.image_encoder.to(accelerator.device)
+    ema.to(accelerator.device)
+
+    accelerator.print(f"training M2M-{cfg.variant} on {accelerator.num_processes} process(es), "
+                      f"{accelerator.distributed_type}, {accelerator.device}")  # fmt: skip
+    resume = latest_checkpoint(out)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        accelerator.print(f"resumed from {resume} at step {progress.step}")
+    log = CsvLog(out / "log.csv", progress.step) if accelerator.is_main_process else None
+    if cfg.report_to:
+        accelerator.init_trackers("m2m", config=dataclasses.asdict(cfg))
+    val = Validation(cfg, vae, pipe.scheduler, accelerator.device) if cfg.val_data else None
+    res = vae.config.sample_size
+
+    def batches():
+        while True:
+            loader = make_loader(cfg.data, cfg.batch_sets, cfg.min_k, cfg.max_k, res, cfg.workers, cfg.n_sets,
+                                 accelerator.process_index, accelerator.num_processes, seed=cfg.seed)  # fmt: skip
+            loader.dataset.set_epoch(progress.epoch)
+            loader.dataset.resume_at(progress.batch_in_epoch, cfg.batch_sets)
+            yield from loader
+            progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
+
+    t0 = started = time.monotonic()
+    images, last = 0, {}
+    bar = tqdm(total=cfg.steps, initial=progress.step, desc=f"M2M-{cfg.variant}",
+               disable=not accelerator.is_main_process)  # fmt: skip
+    for batch in batches():
+        if progress.step >= cfg.steps:
+            break
+        pixels = batch["pixels"].to(accelerator.device)  # (B, K, 3, H, W)
+        latents = to_latents(vae, pixels.to(vae.dtype))  # (B, K, 4, h, w)
+        with accelerator.autocast():
+            loss = model(latents, pixels if cfg.variant == "dino" else None).mean()
+        accelerator.backward(loss)
+        if cfg.grad_clip:
+            accelerator.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        ema.step(params)
+        progress.step, progress.batch_in_epoch = progress.step + 1, progress.batch_in_epoch + 1
+        images += pixels.shape[0] * pixels.shape[1] * accelerator.num_processes
+        bar.update()
+        last = step_end(cfg, accelerator, model, ema, params, pipe, val, log, progress, loss, sched, images, started)
+        if last.get("images_per_s") is not None:
+            started, images = time.monotonic(), 0
+        if cfg.max_minutes and out_of_time(accelerator, t0, cfg.max_minutes):
+            break
+    bar.close()
+    saved = latest_checkpoint(out)
+    if saved is None or int(saved.name.split("-")[1]) != progress.step:
+        finish_checkpoint(cfg, accelerator, out, ema, params, pipe, progress.step)
+    accelerator.end_training()
+    return {"step": progress.step, **last}
+
+
+def out_of_time(accelerator: Accelerator, t0: float, minutes: float) -> bool:
+    """Whether the time budget is spent, agreed by every process (they must stop at the same step)."""
+    late = torch.tensor(float(time.monotonic() - t0 > 60 * minutes), device=accelerator.device)
+    return accelerator.reduce(late, "sum").item() > 0
+
+
+def step_end(cfg, accelerator, model, ema, params, pipe, val, log, progress, loss, sched, images, started) -> dict:
+    """Logging, validation, samples and checkpoints after a step."""
+    step, row = progress.step, {}
+    if step % cfg.log_every == 0 or step == 1:
+        loss = accelerator.reduce(loss.detach(), "mean").item()
+        row = {"step": step, "loss": round(loss, 6), "lr": sched.get_last_lr()[0],
+               "images_per_s": round(images / max(time.monotonic() - started, 1e-9), 2)}  # fmt: skip
+    if val is not None and (step % cfg.val_every == 0 or step == 1):
+        row["step"] = step
+        row["val_loss_context"], row["val_loss_no_context"] = (round(x, 6) for x in val(model))
+    if row and accelerator.is_main_process:
+        log.write(row)
+        tqdm.write(" ".join(f"{k}={v}" for k, v in row.items()))
+    if row and cfg.report_to:
+        accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
+    if step % cfg.sample_every == 0 and accelerator.is_main_process and val is not None:
+        with ema_weights(ema, params):
+            sample_grid(pipe, val.pixels[:2], Path(cfg.out) / "samples" / f"step-{step:07d}.png")
+    if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        finish_checkpoint(cfg, accelerator, Path(cfg.out), ema, params, pipe, step)
+    return row
+
+
+def finish_checkpoint(cfg, accelerator, out: Path, ema, params, pipe, step: int) -> None:
+    save_checkpoint(accelerator, out, step, cfg.keep_checkpoints)
+    if accelerator.is_main_process:
+        with ema_weights(ema, params):
+            export(pipe, out / "pipeline", cfg.export_fp16)
+    accelerator.wait_for_everyone()
+
+
+@contextmanager
+def ema_weights(ema: EMAModel, params):
+    """The EMA weights swapped in (for sampling or export), the training weights back after."""
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS))
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "preset":
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {"int": int, "float": float, "float | None": float}.get(field.type, str)
+            p.add_argument(flag, type=kind, default=None)
+    args = vars(p.parse_args(argv))
+    base = TRAIN_PRESETS[args.pop("preset")]
+    return dataclasses.replace(base, **{k: v for k, v in args.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
