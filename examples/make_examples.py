@@ -5,8 +5,11 @@
 - shapes/          three drawn images sharing content and style
 - mis-synth-*/     held-out MIS-synth sets (class-style combinations never seen in training)
 - real-photos/     photographs bundled with scikit-image (public domain), for zero-shot continuation
+- zero-shot/<photo>/  four crops of each of eight scikit-image photographs: the context sets of
+                   train/zero_shot.py (palette and style consistency on real photos)
 """
 
+import random
 import shutil
 import sys
 from pathlib import Path
@@ -32,7 +35,7 @@ def shapes(index: int) -> Image.Image:
 def write_set(name: str, images: list[Image.Image]) -> None:
     folder = HERE / name
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir()
+    folder.mkdir(parents=True)
     for i, img in enumerate(images):
         ImageOps.fit(img.convert("RGB"), (SIZE, SIZE), Image.Resampling.LANCZOS).save(folder / f"{i}.png")
 
@@ -56,6 +59,23 @@ def main() -> None:
         return
     photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
     write_set("real-photos", [Image.fromarray(p) for p in photos])
+    shutil.rmtree(HERE / "zero-shot", ignore_errors=True)
+    for name in ZERO_SHOT:
+        write_set(f"zero-shot/{name}", crops(Image.fromarray(getattr(data, name)()).convert("RGB"), 4, seed=len(name)))
+
+
+ZERO_SHOT = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "camera")
+
+
+def crops(photo: Image.Image, n: int, seed: int) -> list[Image.Image]:
+    """n square crops of 50-80 % of the short side at random places: one photo's content and style, varied."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        side = int(min(photo.size) * rng.uniform(0.5, 0.8))
+        x, y = rng.randint(0, photo.width - side), rng.randint(0, photo.height - side)
+        out.append(photo.crop((x, y, x + side, y + side)))
+    return out
 
 
 if __name__ == "__main__":
