@@ -64,7 +64,9 @@ def main() -> None:
         write_set(f"zero-shot/{name}", crops(Image.fromarray(getattr(data, name)()).convert("RGB"), 4, seed=len(name)))
 
 
-ZERO_SHOT = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "camera")
+ZERO_SHOT = (
+    "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "camera",
+)  # fmt: skip
 
 
 def crops(photo: Image.Image, n: int, seed: int) -> list[Image.Image]:

@@ -97,10 +97,10 @@ def test_kill_9_then_resume_carries_on_the_same_loss_curve(start, tmp_path):
 def test_two_process_data_parallel_on_cpu(micro, tmp_path):
     folder = tmp_path / "start"
     build_pipeline(micro, "self", seed=0).save_pretrained(folder)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    # torchrun starts the processes; accelerate makes them one gloo group (`accelerate launch` does the same on GPUs)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "train.train", *args(folder, tmp_path / "run", 3)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 process(es), DistributedType.MULTI_CPU" in proc.stdout

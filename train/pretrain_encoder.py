@@ -1,6 +1,6 @@
 """Pretrain the tiny M2M-DINO image encoder (a `transformers.Dinov2Model`) by DINO self-distillation on MIS-synth.
 
-    python -m train.pretrain_encoder --out runs/dino-tiny --steps 1500
+    python -m train.pretrain_encoder --out runs/dino-tiny --steps 600
 
 At full scale the encoder is facebook/dinov2-base, pretrained and frozen; this script makes
 its tiny stand-in the same way, with no labels: a student sees 2 global and several local
@@ -108,10 +108,15 @@ def labelled(source: str, n_sets: int, size: int, seed: int) -> tuple[Tensor, Te
     return pixels, content, style
 
 
-def evaluate(backbone: Dinov2Model, bank, query, size: int) -> dict[str, float]:
-    fb, fq = features(backbone, bank[0], size), features(backbone, query[0], size)
-    return {"knn_content": knn_accuracy(fb, bank[1], fq, query[1]),
-            "knn_style": knn_accuracy(fb, bank[2], fq, query[2])}  # fmt: skip
+def evaluate(backbone: Dinov2Model, bank, queries: dict, size: int) -> dict[str, float]:
+    """k-NN accuracy of content and style for each query set (held-out combinations, and seen ones)."""
+    fb = features(backbone, bank[0], size)
+    out = {}
+    for name, query in queries.items():
+        fq = features(backbone, query[0], size)
+        out[f"knn_content{name}"] = knn_accuracy(fb, bank[1], fq, query[1])
+        out[f"knn_style{name}"] = knn_accuracy(fb, bank[2], fq, query[2])
+    return out
 
 
 def save(backbone: Dinov2Model, out: Path, metrics: dict) -> None:
@@ -132,11 +137,11 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/dino-tiny")
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-sets", type=int, default=8, help="sets of 4 images per step")
     p.add_argument("--local-crops", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--eval-sets", type=int, default=100, help="held-out sets of 4 images (and as many train sets)")
+    p.add_argument("--eval-sets", type=int, default=50, help="held-out sets of 4 images (and as many train sets)")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -152,8 +157,11 @@ def main(argv: list[str] | None = None) -> dict:
     warmup = max(1, args.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warmup) * cosine(s, args.steps, 1, 0.01))
     bank = labelled("synth:train", args.eval_sets, preset.vae["sample_size"], args.seed + 1000)
-    query = labelled("synth:heldout", args.eval_sets, preset.vae["sample_size"], args.seed + 1)
-    before = evaluate(teacher.backbone, bank, query, size)
+    queries = {  # held-out class-style combinations, and other sets of the seen ones
+        "": labelled("synth:heldout", args.eval_sets, preset.vae["sample_size"], args.seed + 1),
+        "_seen": labelled("synth:train", args.eval_sets, preset.vae["sample_size"], args.seed + 2000),
+    }
+    before = evaluate(teacher.backbone, bank, queries, size)
     tqdm.write(f"random init: {before}")
     res = preset.vae["sample_size"]
     loader = make_loader("synth:train", args.batch_sets, 4, 4, res, 0, n_sets=10**7, seed=args.seed)
@@ -179,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
             center.mul_(0.9).add_(torch.cat(t_out).mean(0, keepdim=True), alpha=0.1)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if step % args.save_every == 0 or step == args.steps:
-            metrics = {"step": step, **evaluate(teacher.backbone, bank, query, size), "random_init": before,
+            metrics = {"step": step, **evaluate(teacher.backbone, bank, queries, size), "random_init": before,
                        "command": vars(args)}  # fmt: skip
             save(teacher.backbone, out, metrics)
             tqdm.write(f"step {step}: loss {loss.item():.3f}, k-NN held-out content {metrics['knn_content']:.3f}, "

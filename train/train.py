@@ -152,10 +152,9 @@ def lr_lambda(cfg: TrainConfig):
 
 
 @torch.no_grad()
-def to_latents(vae: AutoencoderKL, pixels: torch.Tensor, sample: bool = True) -> torch.Tensor:
-    """Sets (B, K, 3, H, W) in [-1, 1] -> scaled latents (B, K, 4, h, w), sampled or the posterior mean."""
-    dists = [vae.encode(c).latent_dist for c in pixels.flatten(0, 1).split(64)]
-    z = torch.cat([d.sample() if sample else d.mode() for d in dists])
+def to_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
+    """Sets (B, K, 3, H, W) in [-1, 1] -> scaled posterior-mean latents (B, K, 4, h, w), as the pipeline encodes."""
+    z = torch.cat([vae.encode(c).latent_dist.mode() for c in pixels.flatten(0, 1).split(64)])
     return (z * vae.config.scaling_factor).unflatten(0, pixels.shape[:2])
 
 
@@ -166,7 +165,7 @@ class Validation:
         batch = next(iter(make_loader(cfg.val_data, 16, 4, 4, vae.config.sample_size, 0, n_sets=16, shuffle=False)))
         gen = torch.Generator().manual_seed(1234)
         self.pixels = batch["pixels"].to(device, vae.dtype)  # (16, 4, 3, H, W)
-        self.latents = to_latents(vae, self.pixels, sample=False)  # uses no global RNG: resume stays exact
+        self.latents = to_latents(vae, self.pixels)
         n = self.latents.shape[0] * self.latents.shape[1]
         self.timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen).to(device)
         self.noise = torch.randn(self.latents.flatten(0, 1).shape, generator=gen).to(device, self.latents.dtype)
@@ -213,7 +212,11 @@ def latest_checkpoint(out: Path) -> Path | None:
 def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
     """accelerate's full state, atomically: a kill at any moment leaves the previous checkpoint whole."""
     final, tmp = out / "checkpoints" / f"step-{step:07d}", out / "checkpoints" / f".tmp-step-{step:07d}"
-    accelerator.save_state(str(tmp))  # the main process writes; the others wait
+    if accelerator.is_main_process:
+        tmp.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # the model from the main process, RNG states from every process
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
