@@ -132,7 +132,7 @@ def test_train_autoencoder_runs_and_saves_a_loadable_vae(tmp_path):
 
     out = tmp_path / "vae"
     metrics = train_autoencoder.main(
-        ["--out", str(out), "--steps", "2", "--batch-sets", "1", "--eval-sets", "2", "--workers", "0"]
+        ["--out", str(out), "--steps", "2", "--warm-steps", "1", "--batch-sets", "1", "--eval-sets", "2"]
     )
     assert np.isfinite(metrics["psnr"]) and metrics["latent_std"] > 0
     vae = AutoencoderKL.from_pretrained(out)

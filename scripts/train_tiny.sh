@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Train the embedded tiny checkpoints from scratch on MIS-synth, on a CPU: the exact commands behind
+# checkpoints/m2m-{self,dino}-tiny (see checkpoints/README.md for the measured time and hardware).
+#   bash scripts/train_tiny.sh            # runs/ holds everything; checkpoints/ is written at the end
+# Each step resumes where it stopped when run again (the two M2M runs from their last checkpoint).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+MINUTES=${MINUTES:-60}   # wall-clock budget of each M2M run; both run side by side, one core each
+export OMP_NUM_THREADS=1
+
+[ -f runs/vae-tiny/metrics.json ] || OMP_NUM_THREADS=2 $PY -m train.train_autoencoder --out runs/vae-tiny
+[ -f runs/dino-tiny/metrics.json ] || OMP_NUM_THREADS=2 $PY -m train.pretrain_encoder --out runs/dino-tiny
+
+common=(--vae runs/vae-tiny --steps 1200 --lr 4e-4 --warmup 100 --batch-sets 8 --min-k 2 --max-k 6 --workers 0
+        --log-every 10 --val-every 50 --checkpoint-every 100 --sample-every 250 --max-minutes "$MINUTES" --export-fp16)
+$PY -m train.train --variant self --out runs/m2m-self-tiny "${common[@]}" > runs/m2m-self-tiny.log 2>&1 &
+$PY -m train.train --variant dino --image-encoder runs/dino-tiny --out runs/m2m-dino-tiny "${common[@]}" \
+    > runs/m2m-dino-tiny.log 2>&1 &
+wait
+
+for v in self dino; do
+    rm -rf "checkpoints/m2m-$v-tiny" && cp -r "runs/m2m-$v-tiny/pipeline" "checkpoints/m2m-$v-tiny"
+done
+du -sh checkpoints/*
