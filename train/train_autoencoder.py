@@ -5,8 +5,9 @@
 The loss is MSE plus a small KL term (SD's autoencoder less its GAN and LPIPS terms, which would
 need weights to download). The first `--warm-steps` run at half resolution: the network is fully
 convolutional, and what is slow to learn (an image's overall colours, which every GroupNorm
-normalises away and the network must learn to carry in its channel patterns) is learnt 4x cheaper. At the end the latent scale (`scaling_factor`) is set to 1 / std of the
-held-out latents, so that the diffusion model sees unit-variance latents. The result is a
+normalises away and the network must learn to carry in its channel patterns) is learnt 4x cheaper.
+At the end the latent scale (`scaling_factor`) is set to 1 / std of the held-out latents, so that
+the diffusion model sees unit-variance latents. The result is a
 diffusers folder (`AutoencoderKL.from_pretrained(out)`) and `metrics.json`.
 """
 
