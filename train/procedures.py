@@ -40,9 +40,9 @@ def stack_blocks(rng, steps):
 def draw_figure(rng, steps):
     n = steps
     cx, cy, r = rng.integers(48, 80), rng.integers(48, 80), rng.integers(26, 40)
-    angles = np.sort(rng.uniform(0, 2 * math.pi, n + 1))
+    angles = rng.uniform(0, 2 * math.pi) + np.arange(n + 1) * 2 * math.pi / (n + 1) + rng.uniform(-0.2, 0.2, n + 1)
     pts = [(cx + r * math.cos(a) * rng.uniform(0.6, 1), cy + r * math.sin(a) * rng.uniform(0.6, 1)) for a in angles]
-    colour, width = _colour(rng, 0, 120), int(rng.integers(2, 5))
+    colour, width = _colour(rng, 0, 120), int(rng.integers(3, 6))
     def draw(d, k):
         for i in range(k):
             (x1, y1), (x2, y2) = pts[i], pts[(i + 1) % len(pts)] if i == n - 1 else pts[i + 1]

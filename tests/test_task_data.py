@@ -1,0 +1,40 @@
+"""Synthetic task data: novel views (ray-marched objects) and visual procedures."""
+
+import itertools
+
+import numpy as np
+
+from train import nvs, procedures
+
+
+def test_nvs_objects_are_deterministic_and_turn():
+    a, b = nvs.set_record("train", 3), nvs.set_record("train", 3)
+    assert len(a["images"]) == nvs.AZIMUTHS and a["images"][0].size == (nvs.SIZE, nvs.SIZE)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a["images"], b["images"], strict=True))
+    views = [np.asarray(img, dtype=np.float64) for img in a["images"]]
+    assert all(np.abs(views[0] - v).mean() > 1 for v in views[1:4])  # turning it changes the view
+    background = views[0][0, 0]
+    assert all(np.abs(v - background).sum(-1).max() > 60 for v in views)  # the object is in every view
+
+
+def test_nvs_has_at_least_ten_families_and_held_out_objects():
+    assert len(nvs.FAMILIES) >= 10
+    train = {tuple(np.asarray(nvs.object_spec("train", i)["colours"]).ravel()) for i in range(50)}
+    held = {tuple(np.asarray(nvs.object_spec("heldout", i)["colours"]).ravel()) for i in range(10)}
+    assert not train & held
+
+
+def test_procedures_have_six_families_4_to_8_ordered_steps():
+    assert len(procedures.FAMILIES) >= 6
+    seen = set()
+    for i in range(12):
+        family, images = procedures.render("train", i)
+        seen.add(family)
+        assert 4 <= len(images) <= 8
+        arrays = [np.asarray(img, dtype=np.float64) for img in images]
+        assert all(np.abs(a - b).mean() > 0.05 for a, b in itertools.pairwise(arrays))  # every step shows
+    assert seen == set(procedures.FAMILIES)
+    _, again = procedures.render("train", 5)
+    assert np.array_equal(np.asarray(again[-1]), np.asarray(procedures.render("train", 5)[1][-1]))
+    _, held = procedures.render("heldout", 0)
+    assert not np.array_equal(np.asarray(held[-1]), np.asarray(procedures.render("train", 0)[1][-1]))
