@@ -1,7 +1,13 @@
-"""One loader for MIS and MIS-synth: batches of image sets with a set length sampled per batch.
+"""One loader for every kind of image set: batches of sets with a set length sampled per batch.
 
-loader = make_loader("data/mis-synth/train-*.tar", batch_size=8, min_k=2, max_k=6)
-loader = make_loader("synth:train", batch_size=8, min_k=2, max_k=6, n_sets=10000)   # drawn on the fly
+loader = make_loader("data/mis-synth/train-*.tar", batch_size=8, min_k=2, max_k=6)   # shards (MIS, any task)
+loader = make_loader("synth:train", batch_size=8, min_k=2, max_k=6, n_sets=10000)   # MIS-synth, drawn on the fly
+loader = make_loader("nvs:train", 8, 2, 5)             # synthetic novel views (train/nvs.py), in azimuth order
+loader = make_loader("procedure:train", 8, 2, 5)       # synthetic procedures (train/procedures.py), step order
+loader = make_loader("folders:data/objaverse", 8, 2, 5)   # real data: one folder of images per set
+
+MIS sets are exchangeable (a batch takes a random subset of each); views and procedure steps are
+ordered (a batch takes a window of consecutive images, order kept).
 batch["pixels"]   (B, K, 3, H, W) in [-1, 1], for the autoencoder
 batch["content"], batch["style"]   (B,) labels, -1 where the source has none
 """
@@ -18,8 +24,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from m2m.images import to_model_size, to_tensor
-from train import synth
+from m2m.images import load_image, to_model_size, to_tensor
+from train import nvs, procedures, synth
 from train.shards import read_shard
 
 
@@ -34,6 +40,11 @@ def shard_list(spec: str) -> list[Path]:
     return paths
 
 
+GENERATORS = {"synth": synth.set_record, "nvs": nvs.set_record, "procedure": procedures.set_record}
+ORDERED = {"nvs", "procedure", "folders"}  # image order matters: sets are cut into windows, not subsets
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
 class SetDataset(IterableDataset):
     """Image sets from shards or from MIS-synth on the fly, split across ranks and workers, shuffled per epoch."""
 
@@ -45,11 +56,17 @@ class SetDataset(IterableDataset):
         self.source, self.resolution, self.n_sets, self.max_set = source, resolution, n_sets, max_set
         self.rank, self.world, self.shuffle, self.seed, self.epoch = rank, world, shuffle, seed, 0
         self.resume = (0, 0)  # (batches already taken this epoch, batch size)
-        if source.startswith("synth:"):
-            self.split, self.shards = source.removeprefix("synth:"), None
-            synth.captions(self.split)  # validates the split name
+        kind, _, rest = source.partition(":")
+        self.generator, self.folders, self.shards, self.split = None, None, None, rest
+        self.ordered = kind in ORDERED
+        if kind in GENERATORS:
+            if rest not in ("train", "heldout"):
+                raise ValueError(f"{source!r}: the split must be train or heldout")
+            self.generator = GENERATORS[kind]
+        elif kind == "folders":
+            self.folders = set_folders(rest)
         else:
-            self.split, self.shards = None, shard_list(source)
+            self.shards = shard_list(source)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -75,10 +92,14 @@ class SetDataset(IterableDataset):
     def records(self) -> Iterator[dict]:
         """This rank and worker's sets as shard records: {"key", "images" (PIL), "meta"}."""
         wid, nw, skip = self._worker()
-        if self.shards is None:  # set i is a random draw already: each epoch draws new sets (seed + epoch)
+        if self.generator is not None:  # set i is a random draw already: each epoch draws new sets (seed + epoch)
             parts = range(self.rank * nw + wid, self.n_sets or 10000, self.world * nw)[skip:]
             seed = self.seed + self.epoch if self.shuffle else self.seed
-            return (synth.set_record(self.split, i, self.max_set, seed) for i in parts)
+            k = 10**6 if self.ordered else self.max_set  # an ordered set comes whole; windows are cut later
+            return (self.generator(self.split, i, k, seed) for i in parts)
+        if self.folders is not None:
+            parts = self._parts(len(self.folders), wid, nw)[skip:]
+            return (folder_record(self.folders[i]) for i in parts)
         shards = self._parts(len(self.shards), wid, nw)
         return itertools.islice((r for i in shards for r in read_shard(self.shards[i])), skip, None)
 
@@ -86,14 +107,35 @@ class SetDataset(IterableDataset):
         return map(self.to_item, self.records())
 
     def to_item(self, record: dict) -> dict:
-        images = [to_model_size(img, self.resolution) for img in record["images"][: self.max_set]]
+        images = record["images"] if self.ordered else record["images"][: self.max_set]  # ordered: windows later
         labels = record["meta"].get("labels", {})
         return {
-            "pixels": to_tensor(images),  # (K, 3, H, W) in [-1, 1]
+            "pixels": to_tensor([to_model_size(img, self.resolution) for img in images]),  # (K, 3, H, W) in [-1, 1]
             "content": labels.get("content", -1),
             "style": labels.get("style", -1),
             "key": record["key"],
+            "ordered": self.ordered,
         }
+
+
+def set_folders(root: str) -> list[Path]:
+    """Real task data: one folder per set under `root`, its images in file-name order.
+
+    Novel views: `root/<object>/000.png, 001.png, …` in azimuth order (as Objaverse renders are laid out);
+    procedures: `root/<procedure>/01.png, 02.png, …` one image per step (as wikiHow step images).
+    """
+    folders = sorted(p for p in Path(root).iterdir() if p.is_dir() and _images(p)) if Path(root).is_dir() else []
+    if not folders:
+        raise FileNotFoundError(f"{root!r}: no folders of images (expected {root}/<set>/<image>.png)")
+    return folders
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def folder_record(folder: Path) -> dict:
+    return {"key": folder.name, "images": [load_image(p) for p in _images(folder)], "meta": {"folder": str(folder)}}
 
 
 class SetCollate:
@@ -111,13 +153,24 @@ class SetCollate:
         # drawn from the batch's own keys: the same batch is cut the same way in any worker, after any resume
         gen = torch.Generator().manual_seed(zlib.crc32("|".join(item["key"] for item in items).encode()))
         k = int(torch.randint(self.min_k, min(self.max_k, shortest) + 1, (), generator=gen))
-        picks = [torch.randperm(item["pixels"].shape[0], generator=gen)[:k] for item in items]  # exchangeable images
+        picks = [self.pick(item, k, gen) for item in items]
         return {
             "pixels": torch.stack([item["pixels"][p] for item, p in zip(items, picks, strict=True)]),  # (B, K, 3, H, W)
+            "start": torch.tensor([int(p[0]) for p in picks]),  # ordered sets: where the window starts
             "content": torch.tensor([item["content"] for item in items]),
             "style": torch.tensor([item["style"] for item in items]),
             "keys": [item["key"] for item in items],
         }
+
+
+    @staticmethod
+    def pick(item: dict, k: int, gen: torch.Generator) -> torch.Tensor:
+        """k images of a set: a random subset of an exchangeable (MIS) set, a window of an ordered one."""
+        n = item["pixels"].shape[0]
+        if item["ordered"]:
+            start = int(torch.randint(0, n - k + 1, (), generator=gen))
+            return torch.arange(start, start + k)
+        return torch.randperm(n, generator=gen)[:k]
 
 
 def make_loader(
