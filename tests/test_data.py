@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
+import torch
 
+from m2m.images import load_image, to_model_size, to_tensor
 from train import synth
 from train.data import SetCollate, make_loader
 from train.shards import read_shard, write_shard, write_shards
@@ -138,3 +140,29 @@ def test_train_autoencoder_runs_and_saves_a_loadable_vae(tmp_path):
     vae = AutoencoderKL.from_pretrained(out)
     assert vae.config.scaling_factor == pytest.approx(1 / metrics["latent_std"])
     assert not (tmp_path / "vae.tmp").exists()
+
+
+def test_ordered_sources_give_windows_in_order_and_real_folders_load(tmp_path):
+    from train import procedures
+
+    for i in range(3):  # a real-data layout: one folder per procedure, one image per step
+        folder = tmp_path / f"how-to-{i}"
+        folder.mkdir()
+        for j, img in enumerate(procedures.render("train", i)[1]):
+            img.save(folder / f"{j:02d}.png")
+    batch = next(iter(make_loader(f"folders:{tmp_path}", 3, 3, 3, 64, 0, shuffle=False)))
+    assert batch["pixels"].shape == (3, 3, 3, 64, 64)
+    for b, key in enumerate(batch["keys"]):  # consecutive steps, in order
+        steps = sorted((tmp_path / key).glob("*.png"))
+        start = int(batch["start"][b])
+        want = to_tensor([to_model_size(load_image(p), 64) for p in steps[start : start + 3]])
+        assert torch.allclose(batch["pixels"][b], want)
+    nvs_batch = next(iter(make_loader("nvs:train", 2, 4, 4, 32, 0, n_sets=2)))
+    assert nvs_batch["pixels"].shape == (2, 4, 3, 32, 32) and (nvs_batch["start"] <= 4).all()
+
+
+def test_bad_sources_fail_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no folders of images"):
+        make_loader(f"folders:{tmp_path}", 2)
+    with pytest.raises(ValueError, match="train or heldout"):
+        make_loader("nvs:test", 2)

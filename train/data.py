@@ -167,7 +167,7 @@ class SetCollate:
     def pick(item: dict, k: int, gen: torch.Generator) -> torch.Tensor:
         """k images of a set: a random subset of an exchangeable (MIS) set, a window of an ordered one."""
         n = item["pixels"].shape[0]
-        if item["ordered"]:
+        if item.get("ordered", False):
             start = int(torch.randint(0, n - k + 1, (), generator=gen))
             return torch.arange(start, start + k)
         return torch.randperm(n, generator=gen)[:k]
