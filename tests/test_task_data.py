@@ -38,3 +38,27 @@ def test_procedures_have_six_families_4_to_8_ordered_steps():
     assert np.array_equal(np.asarray(again[-1]), np.asarray(procedures.render("train", 5)[1][-1]))
     _, held = procedures.render("heldout", 0)
     assert not np.array_equal(np.asarray(held[-1]), np.asarray(procedures.render("train", 0)[1][-1]))
+
+
+def test_task_metrics_copy_of_the_truth_scores_perfectly():
+    import torch
+
+    from train.evaluate_tasks import scores
+
+    steps = torch.rand(5, 3, 32, 32)
+    perfect = scores(steps[3:4], steps[3:4], steps, 3)
+    assert perfect["step_accuracy"] == 1.0 and perfect["ssim"] > 0.99 and perfect["psnr"] > 60
+    wrong = scores(steps[2:3], steps[3:4], steps, 3)  # copying the last step: the wrong step
+    assert wrong["step_accuracy"] == 0.0 and wrong["psnr"] < perfect["psnr"]
+
+
+def test_evaluate_tasks_runs_with_a_base_model(micro, tmp_path):
+    from m2m.presets import build_pipeline
+    from train import evaluate_tasks
+
+    build_pipeline(micro, "self").save_pretrained(tmp_path / "m")
+    results = evaluate_tasks.main(["--task", "procedure", "--checkpoint", str(tmp_path / "m"), "--base",
+                                   str(tmp_path / "m"), "--sequences", "2", "--ks", "1", "--steps", "2",
+                                   "--out", str(tmp_path / "r.json")])  # fmt: skip
+    assert set(results[1]) == {"fine-tuned", "base", "copy-last"}
+    assert results[1]["fine-tuned"] == results[1]["base"]  # the same weights give the same images
