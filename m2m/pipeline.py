@@ -23,6 +23,7 @@ from PIL import Image
 from torch import Tensor
 from transformers import Dinov2Model
 
+from m2m.adapters import apply_adapter, base_folder, is_adapter
 from m2m.attention import CachedContext, ImageSetAttention, install
 from m2m.encoders import ContextCache, context_window, encode_dino, encode_self
 from m2m.images import to_model_size, to_pil, to_tensor
@@ -248,14 +249,22 @@ def load_pipeline(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtyp
     if not is_hub_id:
         if not path.is_dir():
             raise CheckpointError(f"{checkpoint}: no such checkpoint directory")
-        if not (path / "model_index.json").is_file():
+        if not (path / "model_index.json").is_file() and not is_adapter(path):
             raise CheckpointError(f"{checkpoint}: not a pipeline folder (no model_index.json)")
         try:
-            index = json.loads((path / "model_index.json").read_text())
+            index = json.loads((path / "model_index.json").read_text()) if not is_adapter(path) else {}
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{checkpoint}: corrupt model_index.json ({err})") from None
-        if index.get("_class_name") != M2MPipeline.__name__:
+        if index and index.get("_class_name") != M2MPipeline.__name__:
             raise CheckpointError(f"{checkpoint}: a {index.get('_class_name')!r} checkpoint, not an M2MPipeline")
+    if not is_hub_id and is_adapter(path):  # a task adapter: its base pipeline, then the adapter on top
+        try:
+            return apply_adapter(load_pipeline(base_folder(path), device, dtype), path)
+        except CheckpointError:
+            raise
+        except Exception as err:  # safetensors, peft and json raise many kinds; the user needs one line
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{checkpoint}: cannot load the task adapter ({reason})") from None
     try:
         pipe = M2MPipeline.from_pretrained(str(path if not is_hub_id else checkpoint), dtype=dtype)
     except Exception as err:  # diffusers raises many kinds; the user needs one line

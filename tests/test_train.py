@@ -8,11 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from m2m.attention import cross_attentions
-from m2m.pipeline import load_pipeline
+from m2m.pipeline import CheckpointError, load_pipeline
 from m2m.presets import build_pipeline
 from train.train import TRAIN_PRESETS, parse_args, train
 
@@ -115,3 +116,22 @@ def test_config_presets_and_flags():
     assert parse_args([]) == TRAIN_PRESETS["tiny"]
     with pytest.raises(SystemExit):
         parse_args(["--preset", "nope"])
+
+
+def test_lora_fine_tune_ships_a_small_adapter_that_loads_like_a_checkpoint(micro, tmp_path):
+    base = tmp_path / "base"
+    build_pipeline(micro, "self", seed=0).save_pretrained(base)
+    out = tmp_path / "nvs"
+    train(parse_args(args(base, out, 2, "--lora-rank", "4", "--data", "nvs:train", "--val-data", "nvs:heldout",
+                          "--task", "nvs", "--ema-decay", "0.0")))  # fmt: skip
+    adapter = out / "pipeline"
+    size = sum(f.stat().st_size for f in adapter.rglob("*") if f.is_file())
+    full = sum(f.stat().st_size for f in base.rglob("*") if f.is_file())
+    assert size < full / 5
+    tuned, plain = load_pipeline(adapter), load_pipeline(base)
+    kw = dict(num_images=1, num_inference_steps=2, seed=3)
+    a, b = np.asarray(tuned(**kw).images[0]), np.asarray(plain(**kw).images[0])
+    assert not np.array_equal(a, b)  # the adapter changes the model
+    with pytest.raises(CheckpointError, match="adapter"):
+        (adapter / "unet_lora.safetensors").write_bytes(b"broken")
+        load_pipeline(adapter)

@@ -162,7 +162,6 @@ class SetCollate:
             "keys": [item["key"] for item in items],
         }
 
-
     @staticmethod
     def pick(item: dict, k: int, gen: torch.Generator) -> torch.Tensor:
         """k images of a set: a random subset of an exchangeable (MIS) set, a window of an ordered one."""

@@ -66,25 +66,43 @@ FAMILIES = {
     "cylinder": lambda p, r: _cylinder(p, 0.25 + 0.25 * r[0], 0.35 + 0.3 * r[1]),
     "cone": lambda p, r: _cone(p, 0.35 + 0.25 * r[0], 0.8 + 0.4 * r[1]),
     "torus": lambda p, r: _torus(p.roll(1, -1) if r[2] > 0.5 else p, 0.4 + 0.15 * r[0], 0.12 + 0.1 * r[1]),
-    "capsule": lambda p, r: _capsule(p, p.new_tensor([-0.5, -0.2, 0]), p.new_tensor([0.5, 0.2 * r[0], 0]),
-                                     0.18 + 0.12 * r[1]),
-    "snowman": lambda p, r: torch.minimum((_shift(p, 0, -0.3, 0)).norm(dim=-1) - (0.35 + 0.1 * r[0]),
-                                          (_shift(p, 0, 0.3, 0)).norm(dim=-1) - (0.2 + 0.08 * r[1])),
+    "capsule": lambda p, r: _capsule(
+        p, p.new_tensor([-0.5, -0.2, 0]), p.new_tensor([0.5, 0.2 * r[0], 0]), 0.18 + 0.12 * r[1]
+    ),
+    "snowman": lambda p, r: torch.minimum(
+        (_shift(p, 0, -0.3, 0)).norm(dim=-1) - (0.35 + 0.1 * r[0]),
+        (_shift(p, 0, 0.3, 0)).norm(dim=-1) - (0.2 + 0.08 * r[1]),
+    ),
     "table": lambda p, r: torch.minimum(
         _box(_shift(p, 0, 0.2, 0), p.new_tensor([0.6, 0.06, 0.4 + 0.15 * r[0]])),
-        torch.stack([_box(_shift(p, sx * 0.5, -0.2, sz * (0.3 + 0.12 * r[0])), p.new_tensor([0.05, 0.35, 0.05]))
-                     for sx in (-1, 1) for sz in (-1, 1)]).min(0).values),
-    "lshape": lambda p, r: torch.minimum(_box(_shift(p, -0.2, 0, 0), p.new_tensor([0.45, 0.15, 0.2 + 0.1 * r[0]])),
-                                         _box(_shift(p, 0.2, 0.3, 0), p.new_tensor([0.15, 0.4, 0.2 + 0.1 * r[0]]))),
+        torch.stack(
+            [
+                _box(_shift(p, sx * 0.5, -0.2, sz * (0.3 + 0.12 * r[0])), p.new_tensor([0.05, 0.35, 0.05]))
+                for sx in (-1, 1)
+                for sz in (-1, 1)
+            ]
+        )
+        .min(0)
+        .values,
+    ),
+    "lshape": lambda p, r: torch.minimum(
+        _box(_shift(p, -0.2, 0, 0), p.new_tensor([0.45, 0.15, 0.2 + 0.1 * r[0]])),
+        _box(_shift(p, 0.2, 0.3, 0), p.new_tensor([0.15, 0.4, 0.2 + 0.1 * r[0]])),
+    ),
     "mug": lambda p, r: torch.minimum(
         torch.maximum(_cylinder(p, 0.35, 0.4), -_cylinder(_shift(p, 0, 0.1, 0), 0.28, 0.4)),
-        _torus(_shift(p, 0.42, 0, 0)[:, [0, 2, 1]], 0.18, 0.05 + 0.03 * r[0])),
-    "arch": lambda p, r: torch.maximum(_box(p, p.new_tensor([0.6, 0.45, 0.2])),
-                                       -_cylinder(_shift(p, 0, -0.45, 0)[:, [0, 2, 1]], 0.3 + 0.1 * r[0], 0.5)),
-    "dumbbell": lambda p, r: torch.minimum(torch.minimum(
-        _shift(p, -0.5, 0, 0).norm(dim=-1) - (0.2 + 0.1 * r[0]),
-        _shift(p, 0.5, 0, 0).norm(dim=-1) - (0.2 + 0.1 * r[1])),
-        _capsule(p, p.new_tensor([-0.5, 0, 0]), p.new_tensor([0.5, 0, 0]), 0.07)),
+        _torus(_shift(p, 0.42, 0, 0)[:, [0, 2, 1]], 0.18, 0.05 + 0.03 * r[0]),
+    ),
+    "arch": lambda p, r: torch.maximum(
+        _box(p, p.new_tensor([0.6, 0.45, 0.2])), -_cylinder(_shift(p, 0, -0.45, 0)[:, [0, 2, 1]], 0.3 + 0.1 * r[0], 0.5)
+    ),
+    "dumbbell": lambda p, r: torch.minimum(
+        torch.minimum(
+            _shift(p, -0.5, 0, 0).norm(dim=-1) - (0.2 + 0.1 * r[0]),
+            _shift(p, 0.5, 0, 0).norm(dim=-1) - (0.2 + 0.1 * r[1]),
+        ),
+        _capsule(p, p.new_tensor([-0.5, 0, 0]), p.new_tensor([0.5, 0, 0]), 0.07),
+    ),
 }
 
 

@@ -30,10 +30,12 @@ def stack_blocks(rng, steps):
     w, colours = rng.integers(28, 44), [_colour(rng) for _ in range(steps)]
     x0, h = int(rng.integers(20, 128 - 20 - w)), int(rng.integers(10, 14))
     shifts = rng.integers(-6, 7, steps)
+
     def draw(d: ImageDraw.ImageDraw, k: int):
         for i in range(k):
             x, y = x0 + shifts[i], 118 - (i + 1) * h
             d.rectangle([x * SS, y * SS, (x + w) * SS, (y + h) * SS], fill=colours[i], outline=(30, 30, 30), width=SS)
+
     return draw
 
 
@@ -43,10 +45,12 @@ def draw_figure(rng, steps):
     angles = rng.uniform(0, 2 * math.pi) + np.arange(n + 1) * 2 * math.pi / (n + 1) + rng.uniform(-0.2, 0.2, n + 1)
     pts = [(cx + r * math.cos(a) * rng.uniform(0.6, 1), cy + r * math.sin(a) * rng.uniform(0.6, 1)) for a in angles]
     colour, width = _colour(rng, 0, 120), int(rng.integers(3, 6))
+
     def draw(d, k):
         for i in range(k):
             (x1, y1), (x2, y2) = pts[i], pts[(i + 1) % len(pts)] if i == n - 1 else pts[i + 1]
             d.line([x1 * SS, y1 * SS, x2 * SS, y2 * SS], fill=colour, width=width * SS)
+
     return draw
 
 
@@ -54,28 +58,33 @@ def fill_grid(rng, steps):
     side = int(rng.integers(3, 5))
     cells = rng.permutation(side * side)[:steps]
     colour, cell = _colour(rng), 96 // side
+
     def draw(d, k):
         for i in range(side * side):
             x, y = 16 + (i % side) * cell, 16 + (i // side) * cell
             fill = colour if i in cells[:k] else (250, 250, 250)
             d.rectangle([x * SS, y * SS, (x + cell) * SS, (y + cell) * SS], fill=fill, outline=(60, 60, 60), width=SS)
+
     return draw
 
 
 def slice_pie(rng, steps):
     colour, start = _colour(rng), float(rng.uniform(0, 360))
+
     def draw(d, k):
         d.ellipse([20 * SS, 20 * SS, 108 * SS, 108 * SS], fill=colour, outline=(40, 40, 40), width=SS)
         for i in range(k):  # the i-th cut: a line from the centre
             a = math.radians(start + i * 360 / steps)
             d.line([64 * SS, 64 * SS, (64 + 44 * math.cos(a)) * SS, (64 + 44 * math.sin(a)) * SS],
                    fill=(255, 255, 255), width=2 * SS)  # fmt: skip
+
     return draw
 
 
 def grow_plant(rng, steps):
     stem, leaf, flower = _colour(rng, 20, 120), _colour(rng, 20, 160), _colour(rng, 120, 255)
     x0, height, side = int(rng.integers(40, 88)), int(rng.integers(70, 95)), rng.choice([-1, 1])
+
     def draw(d, k):
         d.rectangle([0, 112 * SS, SIZE * SS, SIZE * SS], fill=(120, 90, 60))
         top = 112 - height * k / steps
@@ -85,6 +94,7 @@ def grow_plant(rng, steps):
             d.ellipse([min(x0, x0 + s * 16) * SS, (y - 5) * SS, max(x0, x0 + s * 16) * SS, (y + 5) * SS], fill=leaf)
         if k == steps:
             d.ellipse([(x0 - 9) * SS, (top - 9) * SS, (x0 + 9) * SS, (top + 9) * SS], fill=flower)
+
     return draw
 
 
@@ -92,12 +102,14 @@ def assemble_shape(rng, steps):
     cx, cy, r = 64, 64, int(rng.integers(34, 46))
     colours = [_colour(rng) for _ in range(steps)]
     offset = float(rng.uniform(0, 2 * math.pi))
+
     def draw(d, k):
         d.ellipse([(cx - r) * SS, (cy - r) * SS, (cx + r) * SS, (cy + r) * SS], outline=(170, 170, 170), width=SS)
         for i in range(k):  # wedge-shaped pieces put in place one by one
             a0, a1 = offset + 2 * math.pi * i / steps, offset + 2 * math.pi * (i + 1) / steps
             pts = [(cx, cy)] + [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in np.linspace(a0, a1, 8)]
             d.polygon([(x * SS, y * SS) for x, y in pts], fill=colours[i], outline=(30, 30, 30))
+
     return draw
 
 

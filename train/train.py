@@ -19,6 +19,7 @@ context (the first sign that the context is used), `out/samples/` a sample grid 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import dataclasses
 import math
@@ -36,6 +37,7 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 from transformers import Dinov2Model
 
+from m2m.adapters import add_lora, save_adapter
 from m2m.attention import cross_attentions
 from m2m.images import to_pil
 from m2m.model import M2MModel
@@ -78,6 +80,8 @@ class TrainConfig:
     seed: int = 0
     report_to: str | None = None  # "tensorboard" or "wandb" besides log.csv
     export_fp16: bool = False  # out/pipeline in fp16 (half the size)
+    lora_rank: int = 0  # > 0: fine-tune --init with a LoRA of this rank (+ its ISA weights); out/pipeline is an adapter
+    task: str = ""  # the task a fine-tune is for (recorded in the adapter)
 
 
 TRAIN_PRESETS = {
@@ -190,16 +194,16 @@ def sample_grid(pipe: M2MPipeline, sets: torch.Tensor, path: Path, steps: int = 
     stack_rows(rows).save(path)
 
 
-def export(pipe: M2MPipeline, out: Path, fp16: bool) -> None:
-    """The EMA model as a pipeline folder, written to a temporary folder and renamed."""
+def export(pipe: M2MPipeline, out: Path, cfg: TrainConfig) -> None:
+    """The EMA model as a pipeline folder (or a task adapter), written to a temporary folder and renamed."""
+    if cfg.lora_rank:
+        save_adapter(pipe, out, cfg.init, pipe.unet.peft_config["default"], cfg.task)
+        return
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    if fp16:
-        pipe = M2MPipeline(**{k: v for k, v in pipe.components.items()})
-        pipe.to(torch.float16)
+    if cfg.export_fp16:  # a half-precision copy: the training modules stay as they are
+        pipe = copy.deepcopy(pipe).to(torch.float16)
     pipe.save_pretrained(tmp)
-    if fp16:
-        pipe.to(torch.float32)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 
@@ -252,6 +256,11 @@ def train(cfg: TrainConfig) -> dict:
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_sets
     pipe = build_start(cfg)
     set_seed(cfg.seed, device_specific=True)  # after building (which seeds itself): different noise on every rank
+    if cfg.lora_rank:
+        if cfg.init is None:
+            raise ValueError("--lora-rank fine-tunes a trained model: give it with --init")
+        pipe.unet.requires_grad_(False)
+        add_lora(pipe.unet, cfg.lora_rank)  # only the LoRA weights (and ISA) train
     model = M2MModel(pipe.unet, pipe.isa, pipe.scheduler, pipe.image_encoder, cfg.context_dropout).train()
     if cfg.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
@@ -355,7 +364,7 @@ def finish_checkpoint(cfg, accelerator, out: Path, ema, params, pipe, step: int)
     save_checkpoint(accelerator, out, step, cfg.keep_checkpoints)
     if accelerator.is_main_process:
         with ema_weights(ema, params):
-            export(pipe, out / "pipeline", cfg.export_fp16)
+            export(pipe, out / "pipeline", cfg)
     accelerator.wait_for_everyone()
 
 
