@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-MINUTES=${MINUTES:-60}   # wall-clock budget of each M2M run; both run side by side, one core each
+MINUTES=${MINUTES:-58}   # wall-clock budget of each M2M run; both run side by side, one core each
 export OMP_NUM_THREADS=1
 
 [ -f runs/vae-tiny/metrics.json ] || OMP_NUM_THREADS=2 $PY -m train.train_autoencoder --out runs/vae-tiny

@@ -122,8 +122,8 @@ def test_lora_fine_tune_ships_a_small_adapter_that_loads_like_a_checkpoint(micro
     base = tmp_path / "base"
     build_pipeline(micro, "self", seed=0).save_pretrained(base)
     out = tmp_path / "nvs"
-    train(parse_args(args(base, out, 2, "--lora-rank", "4", "--data", "nvs:train", "--val-data", "nvs:heldout",
-                          "--task", "nvs", "--ema-decay", "0.0")))  # fmt: skip
+    train(parse_args(args(base, out, 2, "--lora-rank", "4", "--data", "procedure:train",
+                          "--val-data", "procedure:heldout", "--task", "procedure", "--ema-decay", "0.0")))  # fmt: skip
     adapter = out / "pipeline"
     size = sum(f.stat().st_size for f in adapter.rglob("*") if f.is_file())
     full = sum(f.stat().st_size for f in base.rglob("*") if f.is_file())
