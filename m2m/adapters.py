@@ -10,9 +10,9 @@ weighs 20, which is what lets four task models ship next to the two base models.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from m2m.attention import ImageSetAttention, install
+from m2m.sets import atomic_folder
 
 ADAPTER_CONFIG = "adapter_config.json"
 LORA_WEIGHTS = "unet_lora.safetensors"
@@ -43,18 +44,13 @@ def is_adapter(folder: str | Path) -> bool:
 def save_adapter(pipe, out: str | Path, base: str | Path, config: LoraConfig, task: str = "") -> None:
     """The LoRA weights, the ISA component and the base's location, written to a temporary folder and renamed."""
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     weights = {k: v.detach().to(torch.float16).contiguous() for k, v in get_peft_model_state_dict(pipe.unet).items()}
-    save_file(weights, tmp / LORA_WEIGHTS)
-    pipe.isa.to(torch.float16).save_pretrained(tmp / "isa")
-    pipe.isa.to(torch.float32)
     lora = {"r": config.r, "lora_alpha": config.lora_alpha, "target_modules": sorted(config.target_modules)}
     meta = {"base": _relative(Path(base), out), "task": task, "variant": pipe.variant, "lora": lora}
-    (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        save_file(weights, tmp / LORA_WEIGHTS)
+        copy.deepcopy(pipe.isa).to(torch.float16).save_pretrained(tmp / "isa")  # a copy: training weights stay fp32
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
 
 
 def apply_adapter(pipe, folder: str | Path):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -55,3 +58,15 @@ def stack_rows(rows: list[Image.Image], gap: int = 4) -> Image.Image:
         sheet.paste(row, (0, y))
         y += row.height + gap
     return sheet
+
+
+@contextmanager
+def atomic_folder(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder to write into; it replaces `out` only when the block succeeds."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)

@@ -19,7 +19,6 @@ import argparse
 import copy
 import json
 import math
-import shutil
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from transformers import Dinov2Config, Dinov2Model
 
 from m2m.encoders import dino_inputs
 from m2m.presets import get_preset
+from m2m.sets import atomic_folder
 from train.data import make_loader
 
 
@@ -121,12 +121,9 @@ def evaluate(backbone: Dinov2Model, bank, queries: dict, size: int) -> dict[str,
 
 def save(backbone: Dinov2Model, out: Path, metrics: dict) -> None:
     """Written to a temporary folder and renamed: a stop never leaves half a checkpoint."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    backbone.save_pretrained(tmp)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        backbone.save_pretrained(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
 def cosine(step: int, total: int, start: float, end: float) -> float:

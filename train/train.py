@@ -43,7 +43,7 @@ from m2m.images import to_pil
 from m2m.model import M2MModel
 from m2m.pipeline import M2MPipeline, load_pipeline
 from m2m.presets import build_pipeline, from_hub, get_preset
-from m2m.sets import contact_sheet, stack_rows
+from m2m.sets import atomic_folder, contact_sheet, stack_rows
 from train.data import make_loader
 
 
@@ -199,13 +199,10 @@ def export(pipe: M2MPipeline, out: Path, cfg: TrainConfig) -> None:
     if cfg.lora_rank:
         save_adapter(pipe, out, cfg.init, pipe.unet.peft_config["default"], cfg.task)
         return
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     if cfg.export_fp16:  # a half-precision copy: the training modules stay as they are
         pipe = copy.deepcopy(pipe).to(torch.float16)
-    pipe.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        pipe.save_pretrained(tmp)
 
 
 def latest_checkpoint(out: Path) -> Path | None:

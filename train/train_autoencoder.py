@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from diffusers import AutoencoderKL
 from tqdm import tqdm
 
 from m2m.presets import get_preset
+from m2m.sets import atomic_folder
 from train.data import make_loader
 
 
@@ -60,12 +60,9 @@ def evaluate(vae: AutoencoderKL, held_out: torch.Tensor) -> dict[str, float]:
 
 def save(vae: AutoencoderKL, out: Path, metrics: dict) -> None:
     """Written to a temporary folder and renamed: a stop never leaves half a checkpoint."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.save_pretrained(tmp)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        vae.save_pretrained(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
 def main(argv: list[str] | None = None) -> dict:
