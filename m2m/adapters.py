@@ -77,9 +77,20 @@ def base_folder(folder: str | Path) -> Path:
     return (Path(folder) / meta["base"]).resolve() if not Path(meta["base"]).is_absolute() else Path(meta["base"])
 
 
+def rebase(folder: str | Path, base: str | Path) -> None:
+    """Point an adapter at another copy of its base (after moving one without the other)."""
+    path = Path(folder) / ADAPTER_CONFIG
+    meta = json.loads(path.read_text())
+    if not (Path(base) / "model_index.json").is_file():
+        raise FileNotFoundError(f"{base}: not a pipeline folder (no model_index.json)")
+    meta["base"] = _relative(Path(base), Path(folder))
+    path.write_text(json.dumps(meta, indent=2))
+
+
 def _relative(base: Path, out: Path) -> str:
     """The base as a path relative to the adapter folder, so that both can move together (checkpoints/)."""
     try:
         return os.path.relpath(base.resolve(), out.resolve())
     except ValueError:  # another drive
         return str(base.resolve())
+

@@ -161,6 +161,19 @@ def test_ordered_sources_give_windows_in_order_and_real_folders_load(tmp_path):
     assert nvs_batch["pixels"].shape == (2, 4, 3, 32, 32) and (nvs_batch["start"] <= 4).all()
 
 
+def test_ordered_sets_stay_ordered_when_read_from_shards(tmp_path):
+    from train import nvs
+    from train.shards import write_shards
+
+    write_shards(tmp_path, "train", 2, 2, 0, lambda i: nvs.set_record("train", i))
+    batch = next(iter(make_loader(str(tmp_path), 2, 3, 3, 32, 0, shuffle=False)))
+    for b, key in enumerate(batch["keys"]):  # a window of consecutive azimuths, not a random subset
+        views = nvs.set_record("train", int(key.rsplit("-", 1)[1]))["images"]
+        start = int(batch["start"][b])
+        want = to_tensor([to_model_size(img, 32) for img in views[start : start + 3]])
+        assert torch.allclose(batch["pixels"][b], want, atol=1 / 255)
+
+
 def test_bad_sources_fail_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="no folders of images"):
         make_loader(f"folders:{tmp_path}", 2)

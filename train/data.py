@@ -7,7 +7,8 @@ loader = make_loader("procedure:train", 8, 2, 5)       # synthetic procedures (t
 loader = make_loader("folders:data/objaverse", 8, 2, 5)   # real data: one folder of images per set
 
 MIS sets are exchangeable (a batch takes a random subset of each); views and procedure steps are
-ordered (a batch takes a window of consecutive images, order kept).
+ordered (a batch takes a window of consecutive images, order kept), also when read from shards
+(`python -m train.nvs --out data/nvs` writes them; their records say `"ordered": true`).
 batch["pixels"]   (B, K, 3, H, W) in [-1, 1], for the autoencoder
 batch["content"], batch["style"]   (B,) labels, -1 where the source has none
 """
@@ -107,14 +108,15 @@ class SetDataset(IterableDataset):
         return map(self.to_item, self.records())
 
     def to_item(self, record: dict) -> dict:
-        images = record["images"] if self.ordered else record["images"][: self.max_set]  # ordered: windows later
+        ordered = self.ordered or record["meta"].get("ordered", False)  # shards of views or steps say so
+        images = record["images"] if ordered else record["images"][: self.max_set]  # ordered: windows later
         labels = record["meta"].get("labels", {})
         return {
             "pixels": to_tensor([to_model_size(img, self.resolution) for img in images]),  # (K, 3, H, W) in [-1, 1]
             "content": labels.get("content", -1),
             "style": labels.get("style", -1),
             "key": record["key"],
-            "ordered": self.ordered,
+            "ordered": ordered,
         }
 
 

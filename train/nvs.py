@@ -181,12 +181,12 @@ def render_object(spec: dict, views: int = AZIMUTHS, size: int = SIZE) -> list[I
 def set_record(split: str, index: int, k: int = AZIMUTHS, seed: int = 0) -> dict:
     """Object `index` of a split as a shard sample: its views in azimuth order."""
     spec = object_spec(split, index, seed)
+    settings = {"source": "nvs-synth", "split": split, "azimuths": AZIMUTHS, "elevation_deg": math.degrees(ELEVATION)}
     return {
         "key": f"nvs-{split}-{index:07d}",
         "images": render_object(spec)[:k],
-        "meta": {"caption": f"a {spec['family']}", "object": spec, "labels": {"content": list(FAMILIES).index(
-            spec["family"])}, "settings": {"source": "nvs-synth", "split": split, "azimuths": AZIMUTHS,
-                                           "elevation_deg": math.degrees(ELEVATION)}},
+        "meta": {"caption": f"a {spec['family']}", "object": spec, "ordered": True,
+                 "labels": {"content": list(FAMILIES).index(spec["family"])}, "settings": settings},
     }  # fmt: skip
 
 

@@ -145,7 +145,7 @@ def set_record(split: str, index: int, k: int = 8, seed: int = 0) -> dict:
         "key": f"procedure-{split}-{index:07d}",
         "images": images[:k],
         "meta": {"caption": family, "labels": {"content": list(FAMILIES).index(family)}, "steps": len(images),
-                 "settings": {"source": "procedure-synth", "split": split}},
+                 "ordered": True, "settings": {"source": "procedure-synth", "split": split}},
     }  # fmt: skip
 
 

@@ -134,10 +134,10 @@ def build_start(cfg: TrainConfig) -> M2MPipeline:
     pipe = build_pipeline(preset, cfg.variant, seed=cfg.seed)
     if cfg.vae is None and cfg.steps > 10:
         raise ValueError("the tiny preset trains on a fitted autoencoder: pass --vae (train/train_autoencoder.py)")
-    vae = AutoencoderKL.from_pretrained(cfg.vae) if cfg.vae else pipe.vae
+    vae = AutoencoderKL.from_pretrained(cfg.vae, torch_dtype=torch.float32) if cfg.vae else pipe.vae
     encoder = pipe.image_encoder
-    if cfg.variant == "dino" and cfg.image_encoder is not None:
-        encoder = Dinov2Model.from_pretrained(cfg.image_encoder)
+    if cfg.variant == "dino" and cfg.image_encoder is not None:  # also the fp16 one inside a shipped checkpoint
+        encoder = Dinov2Model.from_pretrained(cfg.image_encoder, dtype=torch.float32)
     return M2MPipeline(unet=pipe.unet, vae=vae, scheduler=pipe.scheduler, isa=pipe.isa, image_encoder=encoder)
 
 
@@ -248,6 +248,7 @@ class CsvLog:
 
 def train(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them; no effect on CPU
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to, project_dir=str(out))
     if accelerator.state.deepspeed_plugin is not None:  # our loader is not prepared: DeepSpeed needs the batch size
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_sets
