@@ -93,4 +93,3 @@ def _relative(base: Path, out: Path) -> str:
         return os.path.relpath(base.resolve(), out.resolve())
     except ValueError:  # another drive
         return str(base.resolve())
-
