@@ -279,6 +279,7 @@ def train(cfg: TrainConfig) -> dict:
     resume = latest_checkpoint(out)
     if resume is not None:
         accelerator.load_state(str(resume))
+        ema.to(accelerator.device)  # the EMA's state comes back on the CPU
         accelerator.print(f"resumed from {resume} at step {progress.step}")
     log = CsvLog(out / "log.csv", progress.step) if accelerator.is_main_process else None
     if cfg.report_to:
