@@ -29,10 +29,11 @@ from PIL import Image
 from m2m.images import ImageInputError, load_image
 from m2m.pipeline import CheckpointError, M2MPipeline, load_pipeline
 from m2m.sets import contact_sheet, write_gif, write_zip
+from m2m.tasks import is_checkpoint, task_checkpoint
 
 ROOT = Path(__file__).resolve().parent
 VARIANTS = {"M2M-Self": "self", "M2M-DINO": "dino"}
-TASKS = {"General": "", "Novel View Synthesis": "-nvs", "Visual Procedure Generation": "-procedure"}
+TASKS = {"General": "general", "Novel View Synthesis": "nvs", "Visual Procedure Generation": "procedure"}
 MAX_CONTEXT_IMAGES = 32
 MAX_NEW_IMAGES = 24
 SESSION_TTL_S = 6 * 3600  # a session's files are removed after this long without a new set
@@ -68,14 +69,14 @@ class Models:
         self._lock = threading.Lock()
 
     def folder(self, variant: str, task: str) -> Path:
-        return self.checkpoint_dir / f"m2m-{VARIANTS[variant]}-tiny{TASKS[task]}"
+        return task_checkpoint(self.checkpoint_dir, VARIANTS[variant], TASKS[task])
 
     def unavailable(self, variant: str, task: str) -> str | None:
         """Why this variant and task cannot run, or None."""
         if variant not in VARIANTS or task not in TASKS:
             return f"unknown variant {variant!r} or task {task!r}"
         folder = self.folder(variant, task)
-        if not (folder / "model_index.json").is_file():
+        if not is_checkpoint(folder):
             return f"no checkpoint at {folder}"
         return None
 
@@ -261,7 +262,14 @@ def examples_list() -> list[list]:
     """One example per folder of examples/: its PNGs as the context, with the default settings."""
     folder = ROOT / "examples"
     sets = sorted(d for d in folder.iterdir() if d.is_dir() and any(d.glob("*.png"))) if folder.is_dir() else []
-    return [[sorted(str(p) for p in d.glob("*.png")), "M2M-Self", "General", 4, 25, 3.0, 0, 0] for d in sets]
+    return [[sorted(str(p) for p in d.glob("*.png")), "M2M-Self", example_task(d.name), 4, 25, 3.0, 0, 0]
+            for d in sets]  # fmt: skip
+
+
+def example_task(name: str) -> str:
+    """nvs-* and procedure-* example folders run in their task mode, the others in General."""
+    by_prefix = {key: label for label, key in TASKS.items()}
+    return by_prefix.get(name.split("-", 1)[0], "General")
 
 
 # --- layout -------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@
 
 - shapes/          three drawn images sharing content and style
 - mis-synth-*/     held-out MIS-synth sets (class-style combinations never seen in training)
+- nvs-*/           the first three views (45° apart) of held-out synthetic objects: Novel View Synthesis
+- procedure-*/     the first three steps of held-out synthetic procedures: Visual Procedure Generation
 - real-photos/     photographs bundled with scikit-image (public domain), for zero-shot continuation
 - zero-shot/<photo>/  four crops of each of eight scikit-image photographs: the context sets of
                    train/zero_shot.py (palette and style consistency on real photos)
@@ -52,6 +54,7 @@ def main() -> None:
         seen.add(record["meta"]["labels"]["content"])
         name = record["meta"]["caption"].replace(", ", "-").replace(" ", "")
         write_set(f"mis-synth-{name}", record["images"])
+    task_examples()
     try:
         from skimage import data
     except ImportError:
@@ -62,6 +65,18 @@ def main() -> None:
     shutil.rmtree(HERE / "zero-shot", ignore_errors=True)
     for name in ZERO_SHOT:
         write_set(f"zero-shot/{name}", crops(Image.fromarray(getattr(data, name)()).convert("RGB"), 4, seed=len(name)))
+
+
+def task_examples() -> None:
+    """Held-out objects and procedures of two families each, cut to their first three images."""
+    from train import nvs, procedures
+
+    for old in [*HERE.glob("nvs-*"), *HERE.glob("procedure-*")]:
+        shutil.rmtree(old)
+    for module, prefix, indices in ((nvs, "nvs", (0, 1)), (procedures, "procedure", (0, 1))):
+        for index in indices:
+            record = module.set_record("heldout", index)
+            write_set(f"{prefix}-{record['meta']['caption'].removeprefix('a ')}", record["images"][:3])
 
 
 ZERO_SHOT = (

@@ -11,11 +11,13 @@ from pathlib import Path
 from PIL import PngImagePlugin
 from tqdm import tqdm
 
+from m2m.attention import VARIANTS
 from m2m.images import ImageInputError, file_sha256, load_image
 from m2m.pipeline import SCHEDULERS, CheckpointError, load_pipeline
 from m2m.sets import write_zip
+from m2m.tasks import TASKS, checkpoint_task, task_checkpoint
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "m2m-self-tiny"
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"  # the embedded tiny models
 
 
 def count(minimum: int):
@@ -38,7 +40,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="generate images that continue the given ones")
-    gen.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="pipeline folder or hub id")
+    gen.add_argument(
+        "--checkpoint",
+        default=None,
+        help="pipeline folder or hub id (default: the embedded model for --variant and --task)",
+    )
+    gen.add_argument("--variant", choices=VARIANTS, default=None, help="embedded model: M2M-Self or M2M-DINO")
+    gen.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        default=None,
+        help="embedded model's task mode: general, nvs (novel views), procedure (next steps)",
+    )
     gen.add_argument("--context", nargs="*", default=[], metavar="IMAGE", help="preceding images, in order")
     gen.add_argument("--num-images", type=count(1), default=4)
     gen.add_argument("--steps", type=count(1), default=50, help="denoising steps (the paper: DDIM, 50)")
@@ -59,7 +72,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def resolve_checkpoint(args: argparse.Namespace) -> None:
+    """--checkpoint, or the embedded model of --variant (default self) and --task (default general)."""
+    if args.checkpoint is not None and (args.variant or args.task):
+        raise ValueError("give either --checkpoint or --variant/--task (which pick an embedded model), not both")
+    if args.checkpoint is None:
+        args.task = args.task or "general"
+        args.checkpoint = str(task_checkpoint(CHECKPOINTS, args.variant or "self", args.task))
+    elif Path(args.checkpoint).is_dir():
+        args.task = checkpoint_task(args.checkpoint)
+
+
 def generate(args: argparse.Namespace) -> int:
+    resolve_checkpoint(args)
     context = [load_image(p) for p in args.context]  # fails early, before the model loads
     pipe = load_pipeline(args.checkpoint, device=args.device)
     out = Path(args.out or f"outputs/set-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -90,6 +115,7 @@ def make_manifest(args: argparse.Namespace, variant: str) -> dict:
     return {
         "checkpoint": str(args.checkpoint),
         "variant": variant,
+        "task": args.task,  # None: a checkpoint given by path that does not say
         "parameters": {
             "num_images": args.num_images, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
             "scheduler": args.scheduler, "max_context": args.max_context, "context_cache": not args.no_cache,
@@ -102,7 +128,7 @@ def make_manifest(args: argparse.Namespace, variant: str) -> dict:
 def png_info(manifest: dict, result) -> PngImagePlugin.PngInfo:
     """The parameters inside each PNG, so a lone file still says how it was made."""
     info = PngImagePlugin.PngInfo()
-    meta = {k: manifest[k] for k in ("checkpoint", "variant", "parameters")}
+    meta = {k: manifest[k] for k in ("checkpoint", "variant", "task", "parameters")}
     info.add_text("m2m", json.dumps({**meta, "index": result.index, "seed": result.seed}))
     return info
 

@@ -259,7 +259,14 @@ def load_pipeline(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtyp
             raise CheckpointError(f"{checkpoint}: a {index.get('_class_name')!r} checkpoint, not an M2MPipeline")
     if not is_hub_id and is_adapter(path):  # a task adapter: its base pipeline, then the adapter on top
         try:
-            return apply_adapter(load_pipeline(base_folder(path), device, dtype), path)
+            base = base_folder(path)
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f"{checkpoint}: unreadable adapter_config.json ({err!r})") from None
+        if not base.is_dir():
+            raise CheckpointError(f"{checkpoint}: its base model {base} is missing (an adapter moved without it? "
+                                  "m2m.adapters.rebase points it at another copy)")  # fmt: skip
+        try:
+            return apply_adapter(load_pipeline(base, device, dtype), path)
         except CheckpointError:
             raise
         except Exception as err:  # safetensors, peft and json raise many kinds; the user needs one line

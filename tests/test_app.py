@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 
 import app
+from m2m.adapters import add_lora, rebase, save_adapter
+from m2m.pipeline import load_pipeline
 from m2m.presets import build_pipeline
 
 
@@ -109,6 +111,24 @@ def test_missing_task_checkpoints_are_unavailable_with_a_reason(models):
     assert "no checkpoint" in reason
     with pytest.raises(gr.Error, match="no checkpoint"):
         run(models, [], 1, "M2M-DINO", "Novel View Synthesis")
+
+
+def test_a_task_adapter_runs_in_its_task_mode_after_moving_next_to_its_base(models, context_files, tmp_path):
+    base = models.checkpoint_dir / "m2m-self-tiny"
+    pipe = load_pipeline(base)
+    save_adapter(pipe, tmp_path / "runs" / "adapter", base, add_lora(pipe.unet, 2), task="procedure")
+    folder = models.checkpoint_dir / "m2m-self-tiny-procedure"
+    shutil.copytree(tmp_path / "runs" / "adapter", folder)  # moved: its relative base path now points nowhere
+    with pytest.raises(gr.Error, match=r"base model .* is missing"):
+        run(models, context_files, 1, task=TASK)
+    rebase(folder, base)
+    assert models.unavailable("M2M-Self", TASK) is None
+    gallery, *_ = run(models, context_files, 1, task=TASK)[-1]
+    assert len(gallery) == 1
+    assert app.example_task("procedure-stacking") == TASK and app.example_task("shapes") == "General"
+
+
+TASK = "Visual Procedure Generation"
 
 
 def png_with_size(width: int, height: int) -> bytes:

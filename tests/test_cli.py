@@ -81,3 +81,21 @@ def test_bad_checkpoint_is_one_line(tmp_path):
     proc = run_cli("generate", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o"))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "cannot load" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("variant,task", [("dino", "nvs"), ("self", "procedure")])
+def test_task_flag_runs_the_embedded_task_model(context_files, tmp_path, variant, task):
+    out = tmp_path / "out"
+    ctx = [str(p) for p in context_files]
+    proc = run_cli("generate", "--variant", variant, "--task", task, "--context", *ctx, "--num-images", "1",
+                   "--steps", "2", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["variant"], manifest["task"]) == (variant, task)
+    assert manifest["checkpoint"].endswith(f"m2m-{variant}-tiny-{task}")
+
+
+def test_checkpoint_and_task_together_is_one_line(checkpoint, tmp_path):
+    proc = run_cli("generate", "--checkpoint", str(checkpoint), "--task", "nvs", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "either --checkpoint or --variant/--task" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
