@@ -1,8 +1,10 @@
 """Synthetic task data: novel views (ray-marched objects) and visual procedures."""
 
 import itertools
+import math
 
 import numpy as np
+import pytest
 
 from train import nvs, procedures
 
@@ -43,13 +45,16 @@ def test_procedures_have_six_families_4_to_8_ordered_steps():
 def test_task_metrics_copy_of_the_truth_scores_perfectly():
     import torch
 
-    from train.evaluate_tasks import scores
+    from train.evaluate_tasks import scores, summary
 
     steps = torch.rand(5, 3, 32, 32)
     perfect = scores(steps[3:4], steps[3:4], steps, 3)
-    assert perfect["step_accuracy"] == 1.0 and perfect["ssim"] > 0.99 and perfect["psnr"] > 60
+    assert perfect["step_accuracy"] == 1.0 and perfect["ssim"] > 0.99 and perfect["mse"] == 0
     wrong = scores(steps[2:3], steps[3:4], steps, 3)  # copying the last step: the wrong step
-    assert wrong["step_accuracy"] == 0.0 and wrong["psnr"] < perfect["psnr"]
+    assert wrong["step_accuracy"] == 0.0 and wrong["mse"] > 0
+    both = summary([perfect, wrong])  # an exact copy among the rows keeps the PSNR finite
+    assert both["psnr"] == pytest.approx(-10 * math.log10(wrong["mse"] / 2))
+    assert summary([perfect])["psnr"] >= 99
 
 
 def test_evaluate_tasks_runs_with_a_base_model(micro, tmp_path):

@@ -6,7 +6,8 @@
 Given the first k images of a held-out sequence (views in azimuth order, or procedure steps),
 each model generates image k+1, which is compared with the true image k+1:
 
-- NVS: PSNR and SSIM against the ground-truth render of the next view.
+- NVS: PSNR (of the mean squared error over the sequences) and mean SSIM against the
+  ground-truth render of the next view.
 - Procedures: PSNR, SSIM, and step accuracy, the share of generated images that are closer
   (by SSIM) to the true next step than to any other step of the same procedure.
 
@@ -18,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import structural_similarity_index_measure
 from tqdm import tqdm
 
 from m2m.images import to_model_size, to_tensor
@@ -38,7 +40,7 @@ def to_unit(images) -> torch.Tensor:
 def scores(pred: torch.Tensor, truth: torch.Tensor, steps: torch.Tensor, index: int) -> dict[str, float]:
     """pred, truth (1, 3, H, W); steps (S, 3, H, W) every image of the sequence; index: truth's position."""
     out = {
-        "psnr": float(peak_signal_noise_ratio(pred, truth, data_range=1.0)),
+        "mse": float((pred - truth).pow(2).mean()),
         "ssim": float(structural_similarity_index_measure(pred, truth, data_range=1.0)),
     }
     sims = torch.stack([structural_similarity_index_measure(pred, s[None], data_range=1.0) for s in steps])
@@ -66,8 +68,15 @@ def evaluate(models: dict, seqs: list[list], ks: list[int], steps: int, guidance
                            seed=seed + i).images[0]  # fmt: skip
                 rows[name].append(scores(to_unit([img]), unit[k : k + 1], unit, k))
             rows["copy-last"].append(scores(unit[k - 1 : k], unit[k : k + 1], unit, k))
-        results[k] = {name: {m: sum(r[m] for r in rs) / len(rs) for m in rs[0]} for name, rs in rows.items() if rs}
+        results[k] = {name: summary(rs) for name, rs in rows.items() if rs}
     return results
+
+
+def summary(rows: list[dict]) -> dict[str, float]:
+    """Means over images; PSNR from the mean squared error, so that an exact copy (infinite PSNR: a
+    symmetric object's next view can equal the last) does not make the mean infinite."""
+    means = {m: sum(r[m] for r in rows) / len(rows) for m in rows[0]}
+    return {"psnr": float(-10 * math.log10(max(means["mse"], 1e-10))), **means}
 
 
 def table(results: dict) -> str:
