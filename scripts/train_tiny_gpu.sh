@@ -6,7 +6,7 @@
 #   bash scripts/train_tiny_gpu.sh base      # only the two base models (and the novel-view shards)
 #   bash scripts/train_tiny_gpu.sh tasks     # only the four adapters, from runs/gpu/m2m-*-tiny
 #   bash scripts/train_tiny_gpu.sh install   # runs/gpu/* -> checkpoints/ (base folders and adapters)
-# The autoencoder (runs/vae-tiny) and the DINO encoder come first, as in train_tiny.sh.
+# The autoencoder (runs/vae-tiny-decoder) and the DINO encoder come first: train_tiny.sh makes them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -18,6 +18,7 @@ TASK_WORKERS=${TASK_WORKERS:-3}
 NVS_OBJECTS=${NVS_OBJECTS:-1200}
 NVS_WORKERS=${NVS_WORKERS:-3}
 ENCODER=${ENCODER:-runs/dino-tiny}
+VAE=${VAE:-runs/vae-tiny-decoder}  # scripts/train_tiny.sh makes it (or runs/vae-tiny: the same latents)
 export OMP_NUM_THREADS=1
 
 install() {
@@ -40,7 +41,7 @@ wait_all() {  # the background jobs; fails (after all have ended) if one did
 
 base() {
     mkdir -p "$R"
-    local args=(--vae runs/vae-tiny --steps 3500 --lr 5e-4 --warmup 200 --ema-decay 0.999 --batch-sets 32
+    local args=(--vae "$VAE" --steps 3500 --lr 5e-4 --warmup 200 --ema-decay 0.999 --batch-sets 32
                 --min-k 2 --max-k 6 --workers "$WORKERS" --log-every 50 --val-every 250 --checkpoint-every 1000 --sample-every 1000
                 --max-minutes "$MINUTES" --export-fp16)
     $PY -m train.nvs --out "$R/nvs" --split train --objects "$NVS_OBJECTS" --workers "$NVS_WORKERS" \

@@ -141,6 +141,17 @@ def test_train_autoencoder_runs_and_saves_a_loadable_vae(tmp_path):
     assert vae.config.scaling_factor == pytest.approx(1 / metrics["latent_std"])
     assert not (tmp_path / "vae.tmp").exists()
 
+    tuned = tmp_path / "decoder"  # the decoder only, on two sources: the latent space must not move
+    metrics = train_autoencoder.main(["--out", str(tuned), "--init", str(out), "--decoder-only", "--steps", "2",
+                                      "--warm-steps", "0", "--batch-sets", "1", "--eval-sets", "1", "--lr", "1e-2",
+                                      "--data", "synth:train,procedure:train"])  # fmt: skip
+    assert set(metrics["per_source"]) == {"synth:train", "procedure:train"}
+    after = AutoencoderKL.from_pretrained(tuned)
+    assert after.config.scaling_factor == vae.config.scaling_factor
+    before_sd, after_sd = vae.state_dict(), after.state_dict()
+    assert all(torch.equal(before_sd[n], after_sd[n]) for n in before_sd if n.startswith(("encoder.", "quant_conv.")))
+    assert not all(torch.equal(before_sd[n], after_sd[n]) for n in before_sd if n.startswith("decoder."))
+
 
 def test_ordered_sources_give_windows_in_order_and_real_folders_load(tmp_path):
     from train import procedures

@@ -9,6 +9,12 @@ normalises away and the network must learn to carry in its channel patterns) is 
 At the end the latent scale (`scaling_factor`) is set to 1 / std of the held-out latents, so that
 the diffusion model sees unit-variance latents. The result is a
 diffusers folder (`AutoencoderKL.from_pretrained(out)`) and `metrics.json`.
+
+    # the decoder only, on more colours: the encoder (so the latent space, so every diffusion model
+    # trained on it) stays as it is, while decoded colours get closer to the task data's
+    python -m train.train_autoencoder --init runs/vae-tiny --decoder-only --warm-steps 0 --steps 1000 \
+        --lr 5e-4 --data synth:train,procedure:train,runs/nvs-train \
+        --eval-data synth:heldout,procedure:heldout,nvs:heldout --out runs/vae-tiny-decoder
 """
 
 from __future__ import annotations
@@ -33,6 +39,22 @@ def images(loader) -> torch.Tensor:
     while True:
         for batch in loader:
             yield batch["pixels"].flatten(0, 1)
+
+
+def mixed(sources: list[str], batch_sets: int, res: int, workers: int, seed: int):
+    """Endless images, one batch from each source in turn (sets of 4; views and steps as windows)."""
+    streams = [images(make_loader(src, batch_sets, 4, 4, res, workers, n_sets=10**7, seed=seed)) for src in sources]
+    while True:
+        for stream in streams:
+            yield next(stream)
+
+
+def held_out_sets(source: str, n: int, res: int, seed: int) -> torch.Tensor:
+    """n held-out sets of 4 images (N, 3, H, W) from a source's held-out split, or from shards as they are."""
+    kind, _, split = source.partition(":")
+    held = f"{kind}:heldout" if split == "train" else source
+    batches = make_loader(held, 16, 4, 4, res, 0, n_sets=n, shuffle=False, seed=seed)
+    return torch.cat([b["pixels"].flatten(0, 1) for b in batches])[: 4 * n]
 
 
 def loss_fn(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float) -> torch.Tensor:
@@ -78,21 +100,28 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="synth:train", help="comma-separated sources, one batch from each in turn")
+    p.add_argument("--init", default=None, help="a trained AutoencoderKL folder to go on from")
+    p.add_argument("--decoder-only", action="store_true", help="freeze the encoder: the latent space stays")
+    p.add_argument("--eval-data", default=None, help="held-out sources (default: each source's held-out split)")
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
     preset = get_preset(args.preset)
-    vae = AutoencoderKL(**preset.vae).train()
+    vae = (AutoencoderKL.from_pretrained(args.init) if args.init else AutoencoderKL(**preset.vae)).train()
     res = preset.vae["sample_size"]
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    if args.decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    opt = torch.optim.AdamW([q for q in vae.parameters() if q.requires_grad], lr=args.lr, weight_decay=0.0)
     warmup = min(200, args.steps // 10 + 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1)))
     )
-    train = make_loader("synth:train", args.batch_sets, 4, 4, res, args.workers, n_sets=10**7, seed=args.seed)
-    held_out = torch.cat([b["pixels"].flatten(0, 1) for b in make_loader(
-        "synth:heldout", 16, 4, 4, res, 0, n_sets=args.eval_sets, shuffle=False, seed=args.seed + 1)])  # fmt: skip
-    out, stream = Path(args.out), images(train)
+    sources = args.data.split(",")
+    evals = args.eval_data.split(",") if args.eval_data else sources
+    held_out = {src: held_out_sets(src, args.eval_sets, res, args.seed + 1) for src in evals}
+    out, stream = Path(args.out), mixed(sources, args.batch_sets, res, args.workers, args.seed)
     for step in (bar := tqdm(range(1, args.steps + 1), desc="autoencoder")):
         x = next(stream)  # (N, 3, H, W)
         if step <= args.warm_steps:  # half resolution first: 4x cheaper steps while colours and shapes are learnt
@@ -104,10 +133,13 @@ def main(argv: list[str] | None = None) -> dict:
         schedule.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if step % args.save_every == 0 or step == args.steps:
-            metrics = {"step": step, **evaluate(vae, held_out), "command": vars(args)}
-            vae.register_to_config(scaling_factor=1.0 / metrics["latent_std"])
+            per_source = {src: evaluate(vae, x) for src, x in held_out.items()}
+            metrics = {"step": step, **per_source[evals[0]], "per_source": per_source, "command": vars(args)}
+            if not args.decoder_only:  # a frozen encoder keeps its latents, so its scale too
+                vae.register_to_config(scaling_factor=1.0 / metrics["latent_std"])
             save(vae, out, metrics)
-            tqdm.write(f"step {step}: held-out PSNR {metrics['psnr']:.2f} dB, latent std {metrics['latent_std']:.3f}")
+            psnrs = ", ".join(f"{src} {m['psnr']:.2f} dB" for src, m in per_source.items())
+            tqdm.write(f"step {step}: held-out PSNR {psnrs}; latent std {metrics['latent_std']:.3f}")
     return metrics
 
 
