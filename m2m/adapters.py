@@ -41,6 +41,11 @@ def is_adapter(folder: str | Path) -> bool:
     return (Path(folder) / ADAPTER_CONFIG).is_file()
 
 
+def adapter_config(folder: str | Path) -> dict:
+    """{"base", "task", "variant", "lora"} of an adapter folder."""
+    return json.loads((Path(folder) / ADAPTER_CONFIG).read_text())
+
+
 def save_adapter(pipe, out: str | Path, base: str | Path, config: LoraConfig, task: str = "") -> None:
     """The LoRA weights, the ISA component and the base's location, written to a temporary folder and renamed."""
     out = Path(out)
@@ -56,7 +61,7 @@ def save_adapter(pipe, out: str | Path, base: str | Path, config: LoraConfig, ta
 def apply_adapter(pipe, folder: str | Path):
     """Put an adapter's LoRA and ISA weights on a loaded base pipeline (in place); returns the pipeline."""
     folder = Path(folder)
-    meta = json.loads((folder / ADAPTER_CONFIG).read_text())
+    meta = adapter_config(folder)
     if meta["variant"] != pipe.variant:
         raise ValueError(f"{folder}: an adapter for M2M-{meta['variant']}, not M2M-{pipe.variant}")
     config = LoraConfig(init_lora_weights=True, **meta["lora"])
@@ -73,18 +78,15 @@ def apply_adapter(pipe, folder: str | Path):
 
 def base_folder(folder: str | Path) -> Path:
     """The base pipeline an adapter folder was trained from."""
-    meta = json.loads((Path(folder) / ADAPTER_CONFIG).read_text())
-    return (Path(folder) / meta["base"]).resolve() if not Path(meta["base"]).is_absolute() else Path(meta["base"])
+    return (Path(folder) / adapter_config(folder)["base"]).resolve()  # an absolute base stays as it is
 
 
 def rebase(folder: str | Path, base: str | Path) -> None:
     """Point an adapter at another copy of its base (after moving one without the other)."""
-    path = Path(folder) / ADAPTER_CONFIG
-    meta = json.loads(path.read_text())
     if not (Path(base) / "model_index.json").is_file():
         raise FileNotFoundError(f"{base}: not a pipeline folder (no model_index.json)")
-    meta["base"] = _relative(Path(base), Path(folder))
-    path.write_text(json.dumps(meta, indent=2))
+    meta = {**adapter_config(folder), "base": _relative(Path(base), Path(folder))}
+    (Path(folder) / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
 
 
 def _relative(base: Path, out: Path) -> str:

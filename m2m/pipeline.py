@@ -249,32 +249,39 @@ def load_pipeline(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtyp
     if not is_hub_id:
         if not path.is_dir():
             raise CheckpointError(f"{checkpoint}: no such checkpoint directory")
-        if not (path / "model_index.json").is_file() and not is_adapter(path):
+        if is_adapter(path):  # a task adapter: its base pipeline, then the adapter on top
+            return load_adapter(path, device, dtype)
+        if not (path / "model_index.json").is_file():
             raise CheckpointError(f"{checkpoint}: not a pipeline folder (no model_index.json)")
         try:
-            index = json.loads((path / "model_index.json").read_text()) if not is_adapter(path) else {}
+            index = json.loads((path / "model_index.json").read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{checkpoint}: corrupt model_index.json ({err})") from None
-        if index and index.get("_class_name") != M2MPipeline.__name__:
+        if index.get("_class_name") != M2MPipeline.__name__:
             raise CheckpointError(f"{checkpoint}: a {index.get('_class_name')!r} checkpoint, not an M2MPipeline")
-    if not is_hub_id and is_adapter(path):  # a task adapter: its base pipeline, then the adapter on top
-        try:
-            base = base_folder(path)
-        except (ValueError, KeyError) as err:
-            raise CheckpointError(f"{checkpoint}: unreadable adapter_config.json ({err!r})") from None
-        if not base.is_dir():
-            raise CheckpointError(f"{checkpoint}: its base model {base} is missing (an adapter moved without it? "
-                                  "m2m.adapters.rebase points it at another copy)")  # fmt: skip
-        try:
-            return apply_adapter(load_pipeline(base, device, dtype), path)
-        except CheckpointError:
-            raise
-        except Exception as err:  # safetensors, peft and json raise many kinds; the user needs one line
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"{checkpoint}: cannot load the task adapter ({reason})") from None
     try:
         pipe = M2MPipeline.from_pretrained(str(path if not is_hub_id else checkpoint), dtype=dtype)
     except Exception as err:  # diffusers raises many kinds; the user needs one line
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{checkpoint}: cannot load the checkpoint ({reason})") from None
+        raise CheckpointError(f"{checkpoint}: cannot load the checkpoint ({first_line(err)})") from None
     return pipe.to(device)
+
+
+def load_adapter(path: Path, device: str, dtype: torch.dtype) -> M2MPipeline:
+    """A task adapter's base pipeline with the adapter on it; one-line CheckpointErrors."""
+    try:
+        base = base_folder(path)
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: unreadable adapter_config.json ({err!r})") from None
+    if not base.is_dir():
+        raise CheckpointError(f"{path}: its base model {base} is missing (an adapter moved without it? "
+                              "m2m.adapters.rebase points it at another copy)")  # fmt: skip
+    pipe = load_pipeline(base, device, dtype)
+    try:
+        return apply_adapter(pipe, path)
+    except Exception as err:  # safetensors, peft and json raise many kinds; the user needs one line
+        raise CheckpointError(f"{path}: cannot load the task adapter ({first_line(err)})") from None
+
+
+def first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -10,10 +10,9 @@ and the same for `dino`. A task folder is a full pipeline or an adapter over its
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from m2m.adapters import ADAPTER_CONFIG, is_adapter
+from m2m.adapters import adapter_config, is_adapter
 from m2m.attention import VARIANTS
 
 TASKS = {"general": "", "nvs": "-nvs", "procedure": "-procedure"}  # task -> folder suffix
@@ -35,6 +34,4 @@ def is_checkpoint(folder: str | Path) -> bool:
 
 def checkpoint_task(folder: str | Path) -> str | None:
     """The task an adapter folder was fine-tuned for; None for a full pipeline (its name may say)."""
-    if not is_adapter(folder):
-        return None
-    return json.loads((Path(folder) / ADAPTER_CONFIG).read_text()).get("task") or None
+    return (adapter_config(folder).get("task") or None) if is_adapter(folder) else None

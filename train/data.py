@@ -42,7 +42,7 @@ def shard_list(spec: str) -> list[Path]:
 
 
 GENERATORS = {"synth": synth.set_record, "nvs": nvs.set_record, "procedure": procedures.set_record}
-ORDERED = {"nvs", "procedure", "folders"}  # image order matters: sets are cut into windows, not subsets
+WHOLE = {"nvs", "procedure"}  # generators of ordered sets: drawn whole, cut into windows later
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
@@ -59,7 +59,7 @@ class SetDataset(IterableDataset):
         self.resume = (0, 0)  # (batches already taken this epoch, batch size)
         kind, _, rest = source.partition(":")
         self.generator, self.folders, self.shards, self.split = None, None, None, rest
-        self.ordered = kind in ORDERED
+        self.whole = kind in WHOLE
         if kind in GENERATORS:
             if rest not in ("train", "heldout"):
                 raise ValueError(f"{source!r}: the split must be train or heldout")
@@ -96,7 +96,7 @@ class SetDataset(IterableDataset):
         if self.generator is not None:  # set i is a random draw already: each epoch draws new sets (seed + epoch)
             parts = range(self.rank * nw + wid, self.n_sets or 10000, self.world * nw)[skip:]
             seed = self.seed + self.epoch if self.shuffle else self.seed
-            k = 10**6 if self.ordered else self.max_set  # an ordered set comes whole; windows are cut later
+            k = 10**6 if self.whole else self.max_set
             return (self.generator(self.split, i, k, seed) for i in parts)
         if self.folders is not None:
             parts = self._parts(len(self.folders), wid, nw)[skip:]
@@ -108,7 +108,7 @@ class SetDataset(IterableDataset):
         return map(self.to_item, self.records())
 
     def to_item(self, record: dict) -> dict:
-        ordered = self.ordered or record["meta"].get("ordered", False)  # shards of views or steps say so
+        ordered = record["meta"].get("ordered", False)  # views and steps say so, from any source
         images = record["images"] if ordered else record["images"][: self.max_set]  # ordered: windows later
         labels = record["meta"].get("labels", {})
         return {
@@ -137,7 +137,8 @@ def _images(folder: Path) -> list[Path]:
 
 
 def folder_record(folder: Path) -> dict:
-    return {"key": folder.name, "images": [load_image(p) for p in _images(folder)], "meta": {"folder": str(folder)}}
+    images = [load_image(p) for p in _images(folder)]
+    return {"key": folder.name, "images": images, "meta": {"folder": str(folder), "ordered": True}}
 
 
 class SetCollate:

@@ -12,7 +12,6 @@ deterministic given (split, index, seed).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 
@@ -191,18 +190,9 @@ def set_record(split: str, index: int, k: int = AZIMUTHS, seed: int = 0) -> dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    from train.shards import write_shards
+    from train.shards import write_shards_cli
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--split", choices=["train", "heldout"], default="train")
-    p.add_argument("--objects", type=int, default=2000)
-    p.add_argument("--per-shard", type=int, default=250)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
-    args = p.parse_args(argv)
-    make = functools.partial(set_record, args.split, seed=args.seed)
-    write_shards(args.out, args.split, args.objects, args.per_shard, args.workers, make)
+    write_shards_cli(__doc__, set_record, "objects", 2000, 250, argv)
 
 
 if __name__ == "__main__":

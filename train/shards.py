@@ -1,4 +1,4 @@
-"""Set shards in the webdataset layout, shared by MIS (make_mis.py) and MIS-synth (synth.py).
+"""Set shards in the webdataset layout, shared by MIS (make_mis.py) and the generators (synth, nvs, procedures).
 
 One tar member group per set: `KEY.00.png ... KEY.NN.png` (lossless) and `KEY.json`
 (caption, labels, seeds, settings). A shard is written to a temporary name and renamed
@@ -7,6 +7,8 @@ when complete, so an interrupted run resumes by skipping the shards that exist.
 
 from __future__ import annotations
 
+import argparse
+import functools
 import io
 import json
 import multiprocessing
@@ -110,3 +112,21 @@ def _record(key: str, images: dict, meta: dict | None) -> Record:
 def read_shards(paths: Iterable[str | Path]) -> Iterator[Record]:
     for path in paths:
         yield from read_shard(path)
+
+
+def write_shards_cli(doc: str, set_record: Callable[..., Record], count: str, default: int, per_shard: int,
+                     argv: list[str] | None = None, set_size: int | None = None) -> None:  # fmt: skip
+    """`python -m train.<generator> --out DIR --split train|heldout --<count> N ...`: a generator's sets as shards."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", choices=["train", "heldout"], default="train")
+    p.add_argument(f"--{count}", type=int, default=default, dest="count")
+    p.add_argument("--per-shard", "--sets-per-shard", type=int, default=per_shard, dest="per_shard")
+    if set_size is not None:
+        p.add_argument("--set-size", type=int, default=set_size, help="images per set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+    sized = {"k": args.set_size} if set_size is not None else {}
+    make = functools.partial(set_record, args.split, seed=args.seed, **sized)
+    write_shards(args.out, args.split, args.count, args.per_shard, args.workers, make)

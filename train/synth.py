@@ -10,8 +10,6 @@ and differ in their initial noise. Everything is deterministic by seed.
 
 from __future__ import annotations
 
-import argparse
-import functools
 import math
 from dataclasses import dataclass
 
@@ -205,19 +203,9 @@ def set_record(split: str, index: int, k: int, seed: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from train.shards import write_shards
+    from train.shards import write_shards_cli
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--split", choices=["train", "heldout"], default="train")
-    p.add_argument("--sets", type=int, default=10000)
-    p.add_argument("--set-size", type=int, default=8)
-    p.add_argument("--sets-per-shard", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
-    args = p.parse_args(argv)
-    make_record = functools.partial(set_record, args.split, k=args.set_size, seed=args.seed)
-    write_shards(args.out, args.split, args.sets, args.sets_per_shard, args.workers, make_record)
+    write_shards_cli(__doc__, set_record, "sets", 10000, 500, argv, set_size=8)
 
 
 if __name__ == "__main__":
