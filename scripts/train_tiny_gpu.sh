@@ -6,6 +6,7 @@
 #   bash scripts/train_tiny_gpu.sh base      # only the two base models (and the novel-view shards)
 #   bash scripts/train_tiny_gpu.sh tasks     # only the four adapters, from runs/gpu/m2m-*-tiny
 #   bash scripts/train_tiny_gpu.sh install   # runs/gpu/* -> checkpoints/ (base folders and adapters)
+#   INIT=checkpoints bash scripts/train_tiny_gpu.sh   # go on from the shipped base models (new data seed)
 # The autoencoder (runs/vae-tiny-decoder) and the DINO encoder come first: train_tiny.sh makes them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ TASK_WORKERS=${TASK_WORKERS:-3}
 NVS_OBJECTS=${NVS_OBJECTS:-1200}
 NVS_WORKERS=${NVS_WORKERS:-3}
 ENCODER=${ENCODER:-runs/dino-tiny}
+INIT=${INIT:-}                   # a folder of m2m-{self,dino}-tiny pipelines to go on from (else from scratch)
 VAE=${VAE:-runs/vae-tiny-decoder}  # scripts/train_tiny.sh makes it (or runs/vae-tiny: the same latents)
 export OMP_NUM_THREADS=1
 
@@ -46,9 +48,13 @@ base() {
                 --max-minutes "$MINUTES" --export-fp16)
     $PY -m train.nvs --out "$R/nvs" --split train --objects "$NVS_OBJECTS" --workers "$NVS_WORKERS" \
         > "$R/nvs.log" 2>&1 &
-    $PY -m train.train --variant self --out "$R/m2m-self-tiny" "${args[@]}" > "$R/m2m-self-tiny.log" 2>&1 &
-    $PY -m train.train --variant dino --image-encoder "$ENCODER" --out "$R/m2m-dino-tiny" "${args[@]}" \
-        > "$R/m2m-dino-tiny.log" 2>&1 &
+    for v in self dino; do
+        local start=()  # from scratch, or on from $INIT (its own frozen encoder; fresh optimizer; new sets: seed 1)
+        if [ -n "$INIT" ]; then start=(--init "$INIT/m2m-$v-tiny" --seed 1)
+        elif [ "$v" = dino ]; then start=(--image-encoder "$ENCODER"); fi
+        $PY -m train.train --variant "$v" --out "$R/m2m-$v-tiny" "${args[@]}" "${start[@]}" \
+            > "$R/m2m-$v-tiny.log" 2>&1 &
+    done
     wait_all
 }
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from m2m.attention import cross_attentions
 from m2m.pipeline import CheckpointError, load_pipeline
@@ -60,6 +61,18 @@ def test_exported_pipeline_is_the_ema_of_the_training_weights(start, tmp_path):
     trained, initial = load_pipeline(tmp_path / "pipeline"), load_pipeline(start)
     changed = [not torch.equal(a, b) for a, b in zip(trained.unet.parameters(), initial.unet.parameters(), strict=True)]
     assert any(changed)
+
+
+def test_bf16_autocast_on_cpu_trains_fp32_weights(start, tmp_path):
+    """The CPU recipe (scripts/train_tiny.sh) trains under bf16 autocast: the weights stay fp32, the loss finite."""
+    command = [sys.executable, "-m", "train.train", *args(start, tmp_path, 2, "--mixed-precision", "bf16")]
+    subprocess.run([*command, "--ema-decay", "0.0"], cwd=ROOT, check=True, capture_output=True)  # own Accelerator
+    assert all(np.isfinite(loss) for _, loss in losses(tmp_path))
+    with safe_open(tmp_path / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors", "pt") as f:
+        names = f.keys()
+        assert {f.get_slice(name).get_dtype() for name in names} == {"F32"}  # as saved, not as loaded
+    trained, initial = load_pipeline(tmp_path / "pipeline"), load_pipeline(start)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.unet.parameters(), initial.unet.parameters(), strict=True))
 
 
 def test_self_variant_does_not_train_the_replaced_text_projections(micro, tmp_path):
