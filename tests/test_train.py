@@ -148,3 +148,12 @@ def test_lora_fine_tune_ships_a_small_adapter_that_loads_like_a_checkpoint(micro
     with pytest.raises(CheckpointError, match="adapter"):
         (adapter / "unet_lora.safetensors").write_bytes(b"broken")
         load_pipeline(adapter)
+
+
+def test_precision_bench_times_both_and_counts_flops():
+    bench = [sys.executable, "bench/train_precision.py", "--checkpoint", "checkpoints/m2m-self-tiny"]
+    out = subprocess.run([*bench, "--sets", "1", "--k", "2", "--rounds", "2"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout  # fmt: skip
+    gflop = float(out.split(" GFLOP per training image")[0].split()[-1])
+    ratio = float(out.strip().splitlines()[-1].split()[-1])
+    assert gflop > 1 and ratio > 0  # the tiny UNet's step is GFLOPs per image; both precisions ran
