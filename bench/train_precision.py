@@ -44,8 +44,9 @@ def main() -> None:
     pipe = load_pipeline(args.checkpoint)
     model = M2MModel(pipe.unet, pipe.isa, pipe.scheduler, pipe.image_encoder).train()
     gen = torch.Generator().manual_seed(0)
-    latents = torch.randn(args.sets, args.k, 4, 16, 16, generator=gen)  # (B, K, 4, h, w)
-    pixels = torch.rand(args.sets, args.k, 3, 128, 128, generator=gen) * 2 - 1  # (B, K, 3, H, W), M2M-DINO's input
+    c, h, size = pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.vae.config.sample_size
+    latents = torch.randn(args.sets, args.k, c, h, h, generator=gen)  # (B, K, c, h, w)
+    pixels = torch.rand(args.sets, args.k, 3, size, size, generator=gen) * 2 - 1  # (B, K, 3, H, W): M2M-DINO's input
     with FlopCounterMode(display=False) as flops:
         step_seconds(model, latents, pixels, bf16=False)
     times = {"fp32": [], "bf16": []}
