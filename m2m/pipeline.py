@@ -78,6 +78,17 @@ class M2MPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, isa=isa, image_encoder=image_encoder)
         install(unet, isa)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> M2MPipeline:
+        """diffusers' loader with one dtype for all components: fp32 unless `dtype` says otherwise.
+
+        Without it, transformers (v5) keeps the image encoder in the dtype it was saved in (fp16 in the
+        shipped checkpoints) while diffusers loads the rest in fp32, and the first matmul between them fails.
+        """
+        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
+            kwargs["dtype"] = torch.float32
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     @property
     def variant(self) -> str:
         return self.isa.config.variant

@@ -153,3 +153,15 @@ def test_dino_pipeline_needs_an_encoder(micro):
     with pytest.raises(ValueError, match="image_encoder"):
         M2MPipeline(pipe.unet, pipe.vae, pipe.scheduler, pipe.isa, None)
     assert isinstance(pipe.unet, torch.nn.Module)
+
+
+@pytest.mark.parametrize("variant", ["self", "dino"])
+def test_loading_without_a_dtype_gives_one_dtype(micro, variant, tmp_path, images):
+    """A checkpoint saved in fp16 (as the shipped ones are) loads in fp32 throughout, and runs."""
+    from m2m.presets import build_pipeline
+
+    build_pipeline(micro, variant, seed=0).to(torch.float16).save_pretrained(tmp_path)
+    for loaded in (M2MPipeline.from_pretrained(tmp_path), load_pipeline(tmp_path)):
+        modules = [m for m in loaded.components.values() if isinstance(m, torch.nn.Module)]
+        assert {p.dtype for m in modules for p in m.parameters()} == {torch.float32}
+        assert len(loaded(images(1), num_images=1, num_inference_steps=2).images) == 1
