@@ -190,3 +190,45 @@ def test_bad_sources_fail_clearly(tmp_path):
         make_loader(f"folders:{tmp_path}", 2)
     with pytest.raises(ValueError, match="train or heldout"):
         make_loader("nvs:test", 2)
+
+
+def grey_set(key: str, n: int) -> dict:
+    """An exchangeable set whose image i is a flat grey of level 10 * i: a batch shows which images it took."""
+    from PIL import Image
+
+    return {"key": key, "images": [Image.new("RGB", (8, 8), (10 * i,) * 3) for i in range(n)], "meta": {}}
+
+
+def test_exchangeable_sets_are_sampled_whole_and_anew_each_epoch(tmp_path):
+    write_shard(tmp_path / "s-00000.tar", [grey_set(f"set-{j}", 25) for j in range(2)])
+    loader = make_loader(str(tmp_path), batch_size=2, min_k=2, max_k=4, resolution=8, workers=0)
+
+    def shown(epoch: int) -> list[list[int]]:
+        loader.dataset.set_epoch(epoch)
+        levels = (next(iter(loader))["pixels"][:, :, 0, 0, 0] + 1) * 127.5  # (B, K)
+        return (levels / 10).round().int().tolist()
+
+    epochs = [shown(e) for e in range(8)]
+    assert shown(3) == epochs[3]  # an epoch is the same batch again (the exact resume relies on it)
+    seen = {i for batch in epochs for images in batch for i in images}
+    assert len(seen) >= 10 and max(seen) >= 4  # not only the first max_k=4 images of the 25
+    assert len({len(batch[0]) for batch in epochs}) > 1  # K changes from epoch to epoch
+    assert len({str(batch) for batch in epochs}) == len(epochs)  # and so do the images
+
+
+@pytest.mark.parametrize(
+    ("kind", "workers", "world", "message"),
+    [("shards", 2, 1, r"1 shards for 1 rank\(s\) x 2 worker"), ("folders", 0, 3, r"2 folders for 3 rank\(s\) x 1"),
+     ("synth", 0, 2, r"1 sets \(n_sets\) for 2 rank")],
+)  # fmt: skip
+def test_fewer_parts_than_ranks_times_workers_fail_clearly(tmp_path, kind, workers, world, message):
+    """Before: the last rank got nothing, and the training loop started empty epochs forever."""
+    source = {"shards": str(tmp_path), "folders": f"folders:{tmp_path}", "synth": "synth:train"}[kind]
+    if kind == "shards":
+        write_shard(tmp_path / "s-00000.tar", [grey_set("a", 2), grey_set("b", 2)])
+    for j in range(2 if kind == "folders" else 0):
+        (tmp_path / f"set-{j}").mkdir()
+        grey_set("x", 1)["images"][0].save(tmp_path / f"set-{j}" / "0.png")
+    loader = make_loader(source, 1, 1, 1, 8, workers, n_sets=1, rank=world - 1, world=world)
+    with pytest.raises(ValueError, match=message):
+        next(iter(loader))

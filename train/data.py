@@ -19,7 +19,7 @@ import glob
 import itertools
 import random
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -83,10 +83,14 @@ class SetDataset(IterableDataset):
         batches, batch_size = self.resume
         return wid, nw, len(range(wid, batches, nw)) * batch_size
 
-    def _parts(self, n: int, wid: int, nw: int) -> list[int]:
-        """This rank and worker's share of n shards, in this epoch's order."""
-        order = list(range(n))
-        if self.shuffle:
+    def _parts(self, n: int, wid: int, nw: int, what: str, shuffle: bool) -> Sequence[int]:
+        """This rank and worker's share of n shards, folders or generated sets, in this epoch's order."""
+        if n < self.world * nw:  # a rank with no share would start empty epochs forever
+            raise ValueError(f"{self.source!r}: {n} {what} for {self.world} rank(s) x {nw} worker(s); each needs "
+                             "at least one: use fewer workers (--workers) or more, smaller shards")  # fmt: skip
+        order = range(n)
+        if shuffle:
+            order = list(order)
             random.Random(self.seed * 1000 + self.epoch).shuffle(order)
         return order[self.rank * nw + wid :: self.world * nw]
 
@@ -94,14 +98,14 @@ class SetDataset(IterableDataset):
         """This rank and worker's sets as shard records: {"key", "images" (PIL), "meta"}."""
         wid, nw, skip = self._worker()
         if self.generator is not None:  # set i is a random draw already: each epoch draws new sets (seed + epoch)
-            parts = range(self.rank * nw + wid, self.n_sets or 10000, self.world * nw)[skip:]
+            parts = self._parts(self.n_sets or 10000, wid, nw, "sets (n_sets)", shuffle=False)[skip:]
             seed = self.seed + self.epoch if self.shuffle else self.seed
             k = 10**6 if self.whole else self.max_set
             return (self.generator(self.split, i, k, seed) for i in parts)
         if self.folders is not None:
-            parts = self._parts(len(self.folders), wid, nw)[skip:]
+            parts = self._parts(len(self.folders), wid, nw, "folders", self.shuffle)[skip:]
             return (folder_record(self.folders[i]) for i in parts)
-        shards = self._parts(len(self.shards), wid, nw)
+        shards = self._parts(len(self.shards), wid, nw, "shards", self.shuffle)
         return itertools.islice((r for i in shards for r in read_shard(self.shards[i])), skip, None)
 
     def __iter__(self) -> Iterator[dict]:
@@ -109,7 +113,11 @@ class SetDataset(IterableDataset):
 
     def to_item(self, record: dict) -> dict:
         ordered = record["meta"].get("ordered", False)  # views and steps say so, from any source
-        images = record["images"] if ordered else record["images"][: self.max_set]  # ordered: windows later
+        draw = f"{self.seed}.{self.epoch if self.shuffle else 0}"  # new subsets each epoch, the same on a resume
+        images = record["images"]  # ordered: windows later
+        if not ordered:  # a random max_set of the whole set; the batch's random K of these is uniform over all
+            gen = torch.Generator().manual_seed(zlib.crc32(f"{record['key']}@{draw}".encode()))
+            images = [images[i] for i in torch.randperm(len(images), generator=gen)[: self.max_set]]
         labels = record["meta"].get("labels", {})
         return {
             "pixels": to_tensor([to_model_size(img, self.resolution) for img in images]),  # (K, 3, H, W) in [-1, 1]
@@ -117,6 +125,7 @@ class SetDataset(IterableDataset):
             "style": labels.get("style", -1),
             "key": record["key"],
             "ordered": ordered,
+            "draw": draw,
         }
 
 
@@ -154,7 +163,8 @@ class SetCollate:
         if shortest < self.min_k:
             raise ValueError(f"a set has {shortest} images, fewer than min_k={self.min_k}")
         # drawn from the batch's own keys: the same batch is cut the same way in any worker, after any resume
-        gen = torch.Generator().manual_seed(zlib.crc32("|".join(item["key"] for item in items).encode()))
+        names = "|".join(f"{item['key']}@{item.get('draw', '')}" for item in items)  # the epoch is in `draw`
+        gen = torch.Generator().manual_seed(zlib.crc32(names.encode()))
         k = int(torch.randint(self.min_k, min(self.max_k, shortest) + 1, (), generator=gen))
         picks = [self.pick(item, k, gen) for item in items]
         return {
