@@ -69,23 +69,46 @@ def test_first_image_and_dropout_see_the_null_context(pipe):
     assert not torch.allclose(pred[0, 2], alone[2], atol=1e-4)
 
 
+@torch.no_grad()
+def encode(pipe, latents: torch.Tensor, pixels: torch.Tensor) -> ContextCache:
+    """Clean images (N, 4, h, w) latents / (N, 3, H, W) pixels -> their K/V in a cache, as generation makes it."""
+    cache = ContextCache()
+    if pipe.variant == "self":
+        cache.extend(encode_self(pipe.unet, latents))
+    else:
+        cache.extend(encode_dino(pipe.unet, pipe.isa, pipe.image_encoder, pixels))
+    return cache
+
+
 def test_training_forward_equals_cached_inference(pipe):
     """Teacher forcing predicts image i exactly as generation does from images < i in the cache."""
     model = make_model(pipe)
     latents, pixels, timesteps, noise = fixed_batch(pipe, 1, 4)
     pred = predictions(model, latents, pixels, timesteps, noise)
+    cache = encode(pipe, latents[0], pixels[0])
     with torch.no_grad():
-        if pipe.variant == "self":
-            kv = encode_self(pipe.unet, latents[0])
-        else:
-            kv = encode_dino(pipe.unet, pipe.isa, pipe.image_encoder, pixels[0])
-        cache = ContextCache()
-        cache.extend(kv)
         xt = model.scheduler.add_noise(latents.flatten(0, 1), noise, timesteps)
         for i in range(1, 4):
             ctx = cache.context(list(range(i)))
             out = pipe.unet(xt[i : i + 1], timesteps[i : i + 1], None, cross_attention_kwargs={"isa": ctx}).sample
             assert torch.allclose(out[0], pred[0, i], atol=1e-5), i
+
+
+@torch.no_grad()
+def test_unconditional_rows_attend_to_the_null_context_only(pipe):
+    """A guidance batch [cond; uncond] (n_cond=1): cond = a call with the context, uncond = one with null alone."""
+    latents, pixels, timesteps, noise = fixed_batch(pipe, 1, 3)
+    cache = encode(pipe, latents[0, :2], pixels[0, :2])
+    x, t = noise[:1], timesteps[:1]  # (1, 4, h, w), (1,)
+
+    def unet(x, t, ctx):
+        return pipe.unet(x, t, None, cross_attention_kwargs={"isa": ctx}).sample
+
+    guided = unet(torch.cat([x, x]), t.repeat(2), cache.context([0, 1], n_cond=1))  # (2, 4, h, w)
+    cond, null = unet(x, t, cache.context([0, 1])), unet(x, t, NullContext())
+    assert torch.allclose(guided[:1], cond, atol=1e-5)
+    assert torch.allclose(guided[1:], null, atol=1e-5)
+    assert not torch.allclose(cond, null, atol=1e-4)  # the context matters, so the test can tell them apart
 
 
 def test_gradients_reach_isa_and_unet_not_dino(pipe):

@@ -165,3 +165,12 @@ def test_loading_without_a_dtype_gives_one_dtype(micro, variant, tmp_path, image
         modules = [m for m in loaded.components.values() if isinstance(m, torch.nn.Module)]
         assert {p.dtype for m in modules for p in m.parameters()} == {torch.float32}
         assert len(loaded(images(1), num_images=1, num_inference_steps=2).images) == 1
+
+
+def test_guidance_one_is_no_guidance(pipe, images):
+    """Scale 1 skips the unconditional branch; the guided formula at scale 1 (+ a hair) gives the same images."""
+    kw = dict(num_images=2, seed=4, num_inference_steps=3)
+    plain = list(pipe.generate_iter(images(2), guidance_scale=1.0, **kw))
+    guided = list(pipe.generate_iter(images(2), guidance_scale=1.0 + 1e-6, **kw))
+    assert max_diff(plain, guided) <= 1e-4
+    assert max_diff(plain, list(pipe.generate_iter(images(2), guidance_scale=3.0, **kw))) > 1e-3  # scale matters

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers.training_utils import EMAModel
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from m2m.attention import cross_attentions
 from m2m.pipeline import CheckpointError, load_pipeline
@@ -57,10 +59,24 @@ def test_training_runs_logs_and_exports_a_loadable_pipeline(start, tmp_path):
 
 
 def test_exported_pipeline_is_the_ema_of_the_training_weights(start, tmp_path):
-    train(parse_args(args(start, tmp_path, 2, "--ema-decay", "0.0")))  # decay 0: EMA = the last weights
-    trained, initial = load_pipeline(tmp_path / "pipeline"), load_pipeline(start)
-    changed = [not torch.equal(a, b) for a, b in zip(trained.unet.parameters(), initial.unet.parameters(), strict=True)]
-    assert any(changed)
+    """out/pipeline = EMA of the weights after each step (kept in checkpoints 1..3), not the last weights."""
+    decay = 0.2  # diffusers' EMA warms up as min(decay, (1 + s) / (10 + s)): 0.2 is reached at step 3
+    train(parse_args(args(start, tmp_path, 3, "--ema-decay", str(decay), "--checkpoint-every", "1",
+                          "--keep-checkpoints", "3", "--lr", "1e-2")))  # fmt: skip
+    weights = [load_file(tmp_path / "checkpoints" / f"step-{s:07d}" / "model.safetensors") for s in (1, 2, 3)]
+    schedule = EMAModel([torch.nn.Parameter(torch.zeros(1))], decay=decay)
+    exported, initial = load_pipeline(tmp_path / "pipeline"), load_pipeline(start)
+    for part in ("unet", "isa"):
+        for name, value in getattr(exported, part).state_dict().items():
+            ema = weights[0][f"{part}.{name}"]  # the decay at step 1 is 0
+            for s in (2, 3):
+                d = schedule.get_decay(s)
+                ema = d * ema + (1 - d) * weights[s - 1][f"{part}.{name}"]
+            assert torch.allclose(value, ema, atol=1e-6), name
+    last = weights[2]
+    assert any(not torch.allclose(v, last[f"unet.{n}"], atol=1e-5) for n, v in exported.unet.state_dict().items())
+    pairs = zip(exported.unet.parameters(), initial.unet.parameters(), strict=True)
+    assert not all(torch.equal(a, b) for a, b in pairs)  # and training moved them
 
 
 def test_bf16_autocast_on_cpu_trains_fp32_weights(start, tmp_path):
