@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from m2m.pipeline import SCHEDULERS, CheckpointError, load_pipeline
 from m2m.sets import write_zip
 from m2m.tasks import TASKS, checkpoint_task, task_checkpoint
 
-CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"  # the embedded tiny models
+CHECKPOINT_DIR_ENV = "M2M_CHECKPOINT_DIR"  # the folder of the embedded models; the app reads the same variable
 
 
 def count(minimum: int):
@@ -44,6 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--checkpoint",
         default=None,
         help="pipeline folder or hub id (default: the embedded model for --variant and --task)",
+    )
+    gen.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help=f"where --variant/--task find the embedded models (default: ${CHECKPOINT_DIR_ENV}, else checkpoints/ "
+        "of the source checkout)",
     )
     gen.add_argument("--variant", choices=VARIANTS, default=None, help="embedded model: M2M-Self or M2M-DINO")
     gen.add_argument(
@@ -73,14 +80,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_checkpoint(args: argparse.Namespace) -> None:
-    """--checkpoint, or the embedded model of --variant (default self) and --task (default general)."""
-    if args.checkpoint is not None and (args.variant or args.task):
-        raise ValueError("give either --checkpoint or --variant/--task (which pick an embedded model), not both")
+    """--checkpoint, or the embedded model of --variant (default self) and --task (default general) in its folder."""
+    if args.checkpoint is not None and (args.variant or args.task or args.checkpoint_dir):
+        raise ValueError("give either --checkpoint or --variant/--task/--checkpoint-dir (an embedded model), not both")
     if args.checkpoint is None:
         args.task = args.task or "general"
-        args.checkpoint = str(task_checkpoint(CHECKPOINTS, args.variant or "self", args.task))
+        folder = task_checkpoint(args.checkpoint_dir or checkpoint_dir(), args.variant or "self", args.task)
+        if not folder.is_dir():  # a wheel leaves the ~60 MB checkpoints/ out: say where to point instead
+            raise ValueError(f"no embedded model at {folder}: give --checkpoint PATH, or --checkpoint-dir (or "
+                             f"{CHECKPOINT_DIR_ENV}) = the checkpoints/ folder of a source checkout")  # fmt: skip
+        args.checkpoint = str(folder)
     elif Path(args.checkpoint).is_dir():
         args.task = checkpoint_task(args.checkpoint)
+
+
+def checkpoint_dir() -> Path:
+    """The embedded models' folder: $M2M_CHECKPOINT_DIR, else checkpoints/ beside the package (a checkout)."""
+    return Path(os.environ.get(CHECKPOINT_DIR_ENV) or Path(__file__).resolve().parents[1] / "checkpoints")
 
 
 def generate(args: argparse.Namespace) -> int:

@@ -2,15 +2,19 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from m2m.images import file_sha256
 from m2m.presets import build_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +34,10 @@ def context_files(tmp_path_factory, images):
     return paths
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "m2m", *args], capture_output=True, text=True, env=env, timeout=300)
+def run_cli(*args: str, cwd=None, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run([sys.executable, "-m", "m2m", *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=300)  # fmt: skip
 
 
 def test_generate_writes_pngs_manifest_and_zip(checkpoint, context_files, tmp_path):
@@ -99,3 +104,31 @@ def test_checkpoint_and_task_together_is_one_line(checkpoint, tmp_path):
     proc = run_cli("generate", "--checkpoint", str(checkpoint), "--task", "nvs", "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "either --checkpoint or --variant/--task" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_embedded_models_are_found_where_the_env_var_or_flag_says(checkpoint, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(checkpoint, models / "m2m-self-tiny")  # the layout of checkpoints/
+    for how in ({"M2M_CHECKPOINT_DIR": str(models)}, {}):
+        flag = [] if how else ["--checkpoint-dir", str(models)]
+        proc = run_cli("generate", *flag, "--num-images", "1", "--steps", "2", "--out", str(tmp_path / "o"), **how)
+        assert proc.returncode == 0, proc.stderr
+        manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+        assert manifest["checkpoint"] == str(models / "m2m-self-tiny")
+
+
+def test_a_non_editable_install_says_where_the_models_are(tmp_path):
+    """`pip install .` ships the package without checkpoints/ (~60 MB): the CLI says in one line where to point it."""
+    pytest.importorskip("setuptools")
+    source = tmp_path / "src"
+    shutil.copytree(ROOT / "m2m", source / "m2m", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    subprocess.run([*pip, "--target", str(tmp_path / "site"), str(source)], check=True, capture_output=True)
+    env = {"PYTHONPATH": str(tmp_path / "site"), "M2M_CHECKPOINT_DIR": ""}
+    proc = run_cli("generate", "--num-images", "1", "--out", str(tmp_path / "o"), cwd=tmp_path, **env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert str(tmp_path / "site") in proc.stderr  # the installed copy ran, not this checkout
+    assert "--checkpoint PATH" in proc.stderr and "M2M_CHECKPOINT_DIR" in proc.stderr
