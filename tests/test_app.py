@@ -1,12 +1,14 @@
-"""The Gradio demo: handlers, bad input, the `generate` API through gradio_client, and a real browser."""
+"""The Gradio demo: handlers, bad input, reproducibility, the API through gradio_client, and a real browser."""
 
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import struct
 import time
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -14,12 +16,20 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import app
+from demo import cards, handlers, sets
+from demo.examples import find_examples, thumbnail_strip
+from demo.models import TASKS, VARIANTS, Models, resolve_device
 from m2m.adapters import add_lora, rebase, save_adapter
+from m2m.images import load_image
 from m2m.pipeline import load_pipeline
 from m2m.presets import build_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = "Visual Procedure Generation"
 
 
 def no_progress(*args, **kwargs):
@@ -31,7 +41,7 @@ def models(tmp_path_factory, micro):
     folder = tmp_path_factory.mktemp("checkpoints")
     for variant in ("self", "dino"):
         build_pipeline(micro, variant).save_pretrained(folder / f"m2m-{variant}-tiny")
-    return app.Models(folder)
+    return Models(folder, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +55,15 @@ def context_files(tmp_path_factory, images):
 
 
 def run(models, files, n=3, variant="M2M-Self", task="General", seed=0):
-    return list(app.generate(models, files, variant, task, n, 2, 3.0, seed, 0, None, progress=no_progress))
+    return list(handlers.generate(models, files, variant, task, n, 2, 3.0, seed, 0, None, progress=no_progress))
+
+
+def more(models, state, n=1):
+    return list(handlers.continue_set(models, state, n, progress=no_progress))[-1][3]
+
+
+def redo(models, state, k, and_after=False):
+    return list(handlers.regenerate(models, state, k, and_after, progress=no_progress))[-1][3]
 
 
 def zip_names(path) -> list[str]:
@@ -53,56 +71,108 @@ def zip_names(path) -> list[str]:
         return sorted(zf.namelist())
 
 
-@pytest.mark.parametrize("variant", list(app.VARIANTS))
-def test_generate_streams_one_image_at_a_time(models, context_files, variant):
-    outs = run(models, context_files, 3, variant)
-    assert [len(gallery) for gallery, *_ in outs] == [1, 2, 3]
-    zip_path, gif, sheet = outs[-1][1]
-    assert len(zip_names(zip_path)) == 4 and "manifest.json" in zip_names(zip_path)
+def read_manifest(zip_path) -> dict:
     with zipfile.ZipFile(zip_path) as zf:
-        manifest = json.loads(zf.read("manifest.json"))
+        return json.loads(zf.read("manifest.json"))
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(load_image(path).convert("RGB"))
+
+
+# --- the handlers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_set_strip_shows_the_given_images_first_then_each_new_one(models, context_files, variant):
+    outs = run(models, context_files, 3, variant)
+    assert [len(strip) for strip, *_ in outs] == [2, 3, 4, 5]  # the given images at once, then one by one
+    assert outs[0][1] is None  # nothing to download before the first new image
+    assert [caption for _, caption in outs[-1][0]] == ["given 1", "given 2", "new 1 · Seed 0", "new 2 · Seed 0",
+                                                       "new 3 · Seed 0"]  # fmt: skip
+    zip_path, gif, sheet = outs[-1][1]
+    assert zip_names(zip_path) == sorted(
+        ["given/01-c0.png", "given/02-c1.png", "manifest.json", *(x.name for x in outs[-1][3].new)]
+    )
+    manifest = read_manifest(zip_path)
     assert manifest["variant"] == variant and manifest["task"] == "General"
     assert manifest["context_order"] == ["c0.png", "c1.png"]
     assert [im["index"] for im in manifest["images"]] == [2, 3, 4]
-    assert Image.open(gif).n_frames == 5
-    assert Image.open(sheet).size[0] > 5 * 100
+    with Image.open(gif) as g, Image.open(sheet) as s:
+        assert g.n_frames == 5 and s.size[0] > 5 * 100
+
+
+def test_generation_shows_progress_at_every_denoising_step(models, context_files):
+    calls = []
+    list(handlers.generate(models, context_files, "M2M-Self", "General", 2, 3, 3.0, 0, progress=lambda *a, **k:
+                           calls.append((a[0], k["desc"]))))  # fmt: skip
+    assert [d for _, d in calls] == [f"image {i} of 2: step {s} of 3" for i in (1, 2) for s in (1, 2, 3)]
+    assert [f for f, _ in calls] == sorted(f for f, _ in calls) and calls[-1][0] == 1.0
 
 
 def test_stop_keeps_finished_images_and_continue_appends(models, context_files):
-    stream = app.generate(models, context_files, "M2M-Self", "General", 4, 2, 3.0, 0, 0, None, progress=no_progress)
+    stream = handlers.generate(models, context_files, "M2M-Self", "General", 4, 2, 3.0, 0, progress=no_progress)
+    next(stream)
     next(stream)
     *_, state = next(stream)
     stream.close()  # what the Stop button does to the running event
-    assert len(state["generated"]) == 2
-    outs = list(app.continue_set(models, state, 2, progress=no_progress))
-    state = outs[-1][3]
-    assert [g["index"] for g in state["generated"]] == [2, 3, 4, 5]
+    assert len(state.new) == 2
+    assert [x.index for x in more(models, state, 2).new] == [2, 3, 4, 5]
 
 
 def test_regenerate_one_image(models, context_files):
     state = run(models, context_files, 3)[-1][3]
-    before = [dict(g) for g in state["generated"]]
-    state = list(app.regenerate(models, state, 2, False, progress=no_progress))[-1][3]
-    after = state["generated"]
-    assert len(after) == 3 and after[0] == before[0] and after[2] == before[2]
-    assert after[1]["index"] == 3 and after[1]["seed"] != before[1]["seed"]
-    state = list(app.regenerate(models, state, 2, True, progress=no_progress))[-1][3]
-    assert [g["index"] for g in state["generated"]] == [2, 3, 4] and state["generated"][0] == before[0]
+    before = state.new
+    state = redo(models, state, 2)
+    assert len(state.new) == 3 and state.new[0] == before[0] and state.new[2] == before[2]
+    assert state.new[1].index == 3 and state.new[1].seed != before[1].seed
+    assert state.earlier == (before[1],)  # new image 3 was made after the replaced one: it stays in the zip
+    state = redo(models, state, 2, and_after=True)
+    assert [x.index for x in state.new] == [2, 3, 4] and state.new[0] == before[0]
+    assert state.earlier == ()  # nothing left is made after a replaced image
+
+
+def test_regenerate_keeps_the_sets_seed_for_the_images_before_k(models, context_files):
+    state = redo(models, run(models, context_files, 3, seed=7)[-1][3], 3)
+    assert state.recipe.seed == 7 and [x.seed for x in state.new[:2]] == [7, 7] and state.new[2].seed != 7
+    assert [x.seed for x in more(models, state).new] == [7, 7, state.new[2].seed, 7]  # Continue goes on with 7
+
+
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd")) if Path("/proc/self/fd").is_dir() else 0
+
+
+def test_fifty_generations_leave_no_file_open(models, context_files):
+    """Continue and Regenerate read the set's images back: every file is closed, the open descriptors stay flat."""
+
+    def new_set():  # one image, one step, no guidance batch: the files matter here, not the model
+        stream = handlers.generate(models, context_files[:1], "M2M-Self", "General", 1, 1, 1.0, 0, progress=no_progress)
+        return list(stream)[-1][3]
+
+    new_set()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        before = open_files()
+        for _ in range(17):  # 51 generations: a new set, Continue, Regenerate
+            state = redo(models, more(models, new_set()), 1)
+        after = open_files()
+    assert len(state.new) == 2 and after <= before
+    assert not [w for w in caught if "unclosed file" in str(w.message)]
 
 
 def test_idle_session_folders_are_removed():
-    old = Path(app.new_session()["dir"])
+    old = Path(sets.session_folder())
     os.utime(old, (0, 0))  # idle since 1970
-    new = Path(app.new_session()["dir"])
+    new = Path(sets.session_folder())
     assert new.is_dir() and not old.exists()
 
 
-def test_reorder_and_remove(context_files):
-    assert app.move(context_files, 1, -1) == context_files[::-1]
-    assert app.move(context_files, 0, -1) == context_files
-    assert app.remove(context_files, 0) == context_files[1:]
+def test_reorder_keeps_the_moved_image_selected(context_files):
+    gallery = [(p, None) for p in context_files]  # what an interactive Gallery passes
+    assert handlers.move(gallery, 1, -1) == (context_files[::-1], 0)
+    assert handlers.move(context_files, 0, -1) == (context_files, 0)
     with pytest.raises(gr.Error, match="select"):
-        app.remove(context_files, None)
+        handlers.move(context_files, None, 1)
 
 
 def test_missing_task_checkpoints_are_unavailable_with_a_reason(models):
@@ -123,12 +193,59 @@ def test_a_task_adapter_runs_in_its_task_mode_after_moving_next_to_its_base(mode
         run(models, context_files, 1, task=TASK)
     rebase(folder, base)
     assert models.unavailable("M2M-Self", TASK) is None
-    gallery, *_ = run(models, context_files, 1, task=TASK)[-1]
-    assert len(gallery) == 1
-    assert app.example_task("procedure-stacking") == TASK and app.example_task("shapes") == "General"
+    strip, *_ = run(models, context_files, 1, task=TASK)[-1]
+    assert len(strip) == 3
 
 
-TASK = "Visual Procedure Generation"
+# --- the device, the Models panel, the examples -------------------------------------------------
+
+
+def test_auto_device_is_cuda_in_fp16_with_a_gpu_else_the_cpu(monkeypatch):
+    monkeypatch.delenv("M2M_DEVICE", raising=False)
+    assert app.parse_args([]).device == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == ("cuda", torch.float16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == ("cpu", torch.float32)
+    assert resolve_device("cuda:1") == ("cuda:1", torch.float16)
+    monkeypatch.setenv("M2M_DEVICE", "cpu")
+    assert app.parse_args([]).device == "cpu" and app.parse_args(["--device", "cuda"]).device == "cuda"
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")  # as a Space starts it
+    assert app.parse_args([]).host == "0.0.0.0"
+
+
+def test_models_panel_gives_each_model_its_card_size_and_status(models):
+    folder = models.folder("M2M-Self", "General")
+    card = {"weights": cards.fingerprint(folder), "trained_on": "MIS-synth", "quality": "style 0.56"}
+    table = cards.models_table(models, {folder.name: card, "m2m-dino-tiny": {**card, "weights": "other"}})
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in table.splitlines()[2:8]}
+    assert len(rows) == len(VARIANTS) * len(TASKS)
+    assert "MIS-synth" in rows["M2M-Self", "General"] and "style 0.56" in rows["M2M-Self", "General"]
+    assert "not measured for these weights" in rows["M2M-DINO", "General"]  # a retrained model: no old figures
+    assert "unavailable: no checkpoint at" in rows["M2M-DINO", "Novel View Synthesis"]
+    pipe = load_pipeline(folder)
+    n = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.isa) for p in m.parameters())
+    assert f"{n / 1e6:.1f}M parameters" in rows["M2M-Self", "General"]
+
+
+def test_the_shipped_models_all_load_and_have_cards():
+    shipped = Models(ROOT / "checkpoints", "cpu")
+    table = cards.models_table(shipped)
+    assert table.count("| ready |") == len(VARIANTS) * len(TASKS)  # a Space from the repository runs all six
+    assert set(cards.read_cards()) == {shipped.folder(v, t).name for v in VARIANTS for t in TASKS}
+
+
+def test_every_task_has_captioned_example_sets():
+    examples = find_examples(ROOT / "examples")
+    assert {e.task for e in examples} == set(TASKS)
+    assert [e.task for e in examples] == sorted((e.task for e in examples), key=list(TASKS).index)
+    plant = next(e for e in examples if e.name == "procedure-grow-plant")
+    assert plant.label == "a plant growing, 3 steps" and plant.task == TASK
+    assert all(e.images and not e.caption.startswith(("mis", "nvs", "procedure")) for e in examples)
+    assert thumbnail_strip(plant.images, height=50, gap=2).size == (154, 50)
+
+
+# --- bad input ----------------------------------------------------------------------------------
 
 
 def png_with_size(width: int, height: int) -> bytes:
@@ -163,14 +280,14 @@ BAD_FILES = [("text", "not an image"), ("truncated", "truncated"), ("bomb", "too
 def test_bad_files_get_a_clear_message(models, context_files, tmp_path, case, message):
     with pytest.raises(gr.Error, match=message):
         run(models, [context_files[0], bad_file(tmp_path, case)], 1)
-    assert len(run(models, context_files, 1)) == 1  # and nothing else broke
+    assert len(run(models, context_files, 1)) == 2  # and nothing else broke
 
 
 def test_too_many_images(models, context_files):
     with pytest.raises(gr.Error, match="at most"):
-        run(models, context_files[:1] * (app.MAX_CONTEXT_IMAGES + 1), 1)
+        run(models, context_files[:1] * (handlers.MAX_CONTEXT_IMAGES + 1), 1)
     with pytest.raises(gr.Error, match="num_images"):
-        run(models, context_files, app.MAX_NEW_IMAGES + 1)
+        run(models, context_files, handlers.MAX_NEW_IMAGES + 1)
 
 
 @pytest.mark.parametrize("kind", ["gif", "RGBA", "LA", "P", "CMYK", "I;16", "1x1", "tall"])
@@ -188,9 +305,11 @@ def test_odd_images_are_converted(models, tmp_path, kind):
         Image.fromarray(np.full((30, 40), 40000, dtype=np.uint16)).save(path)
     else:
         base.convert(kind).save(path)
-    assert len(run(models, [str(path)], 1)) == 1
+    strip = run(models, [str(path)], 1)[-1][0]
+    with Image.open(strip[0][0]) as shown:  # the strip shows an RGB PNG copy that any browser can show
+        assert shown.format == "PNG" and shown.mode == "RGB"
     if kind == "gif":  # the first frame is the one used
-        assert np.asarray(app.load_context([str(path)])[0].convert("RGB"))[0, 0].tolist() == [200, 20, 20]
+        assert pixels(strip[0][0])[0, 0].tolist() == [200, 20, 20]
 
 
 # --- a running server ---------------------------------------------------------------------------
@@ -202,15 +321,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(models):
+def serve(models):
     demo = app.build_demo(models)
     port = free_port()
     demo.queue(default_concurrency_limit=2).launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
     )
-    yield f"http://127.0.0.1:{port}/"
+    return demo, f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    demo, url = serve(models)
+    yield url
     demo.close()
+
+
+def new_images(strip) -> list[tuple[str, str]]:
+    """(file, caption) of the new images in a strip as gradio_client returns it."""
+    items = [(x["image"], x["caption"]) for x in strip]
+    return [(f, c) for f, c in items if c.startswith("new")]
 
 
 def test_api_generate_streams_and_returns_the_zip(server, context_files):
@@ -221,14 +351,46 @@ def test_api_generate_streams_and_returns_the_zip(server, context_files):
         context_images=[handle_file(p) for p in context_files], variant="M2M-Self", task="General",
         num_images=2, steps=2, guidance=3.0, seed=5, api_name="/generate",
     )  # fmt: skip
-    gallery, downloads, _ = job.result(timeout=120)
-    assert len(gallery) == 2
-    assert len(job.outputs()) == 2  # one update per image
+    strip, downloads, _ = job.result(timeout=120)
+    assert len(strip) == 4 and len(new_images(strip)) == 2
+    assert len(job.outputs()) == 3  # the given images, then one update per new image
     zip_path = next(f for f in downloads if str(f).endswith(".zip"))
-    assert len(zip_names(zip_path)) == 3
+    assert len([n for n in zip_names(zip_path) if n.endswith(".png")]) == 4
     with pytest.raises(Exception, match="not an image"):
         client.predict(context_images=[handle_file(__file__)], variant="M2M-Self", task="General", num_images=1,
                        steps=2, guidance=3.0, seed=0, api_name="/generate")  # fmt: skip
+
+
+def test_the_manifest_and_the_strip_make_every_image_again(server, context_files, tmp_path):
+    """After Regenerate and Continue, the zip's manifest makes the whole set again, and a caption's Seed its image."""
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    kw = dict(variant="M2M-Self", task="General", steps=2, guidance=3.0, context_window=0, api_name="/generate")
+    client.predict(context_images=[handle_file(p) for p in context_files], num_images=3, seed=5, **kw)
+    client.predict(k=2, and_after=False, api_name="/regenerate")  # new image 3 stays, made after the old 2
+    strip, downloads, _ = client.predict(num_images=1, api_name="/continue")
+    with zipfile.ZipFile(next(f for f in downloads if str(f).endswith(".zip"))) as zf:
+        zf.extractall(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert len(manifest["images"]) == 4 and len(manifest["earlier"]) == 1
+
+    def make(after: list[str], seed: int) -> np.ndarray:
+        given = [handle_file(str(tmp_path / g)) for g in manifest["given"]]
+        strip = client.predict(context_images=given + [handle_file(a) for a in after], num_images=1, seed=seed, **kw)[0]
+        return pixels(new_images(strip)[-1][0])
+
+    for entry in manifest["images"] + manifest["earlier"]:
+        made = make([str(tmp_path / a) for a in entry["after"]], entry["seed"])
+        assert np.array_equal(made, pixels(tmp_path / entry["file"])), entry
+    shown = new_images(strip)
+    redone = 0
+    for k, (file, caption) in enumerate(shown):
+        if "replaced" not in caption:  # that one is made after an image no longer shown: the manifest has it
+            seed = int(re.search(r"Seed (\d+)", caption).group(1))
+            assert np.array_equal(make([f for f, _ in shown[:k]], seed), pixels(file)), caption
+            redone += 1
+    assert redone == 3
 
 
 def test_two_users_at_once_do_not_mix(server, context_files, images, tmp_path):
@@ -241,47 +403,120 @@ def test_two_users_at_once_do_not_mix(server, context_files, images, tmp_path):
     ja = a.submit(context_images=[handle_file(p) for p in context_files], **kw)
     jb = b.submit(context_images=[handle_file(str(other))], **kw)
     ra, rb = ja.result(timeout=120), jb.result(timeout=120)
-    manifests = []
-    for _, downloads, _ in (ra, rb):
-        with zipfile.ZipFile(next(f for f in downloads if str(f).endswith(".zip"))) as zf:
-            manifests.append(json.loads(zf.read("manifest.json")))
+    manifests = [read_manifest(next(f for f in downloads if str(f).endswith(".zip"))) for _, downloads, _ in (ra, rb)]
     assert [i["index"] for i in manifests[0]["images"]] == [2, 3]
     assert [i["index"] for i in manifests[1]["images"]] == [1, 2]
 
 
+# --- the Space's front page ---------------------------------------------------------------------
+
+
+def front_matter() -> dict[str, str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("---\n")[1]
+    return dict(line.split(": ", 1) for line in block.strip().splitlines())
+
+
+def test_space_front_matter_matches_the_pinned_gradio():
+    meta = front_matter()
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line)
+    assert meta["sdk"] == "gradio" and meta["sdk_version"] == pins["gradio"]
+    assert re.fullmatch(r'"?3\.1[0-3]"?', meta["python_version"])
+    assert 0 < len(meta["short_description"]) <= 60 and (ROOT / meta["app_file"]).is_file()
+
+
+def test_readme_is_short_and_its_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    assert len(text) < 12_000
+    assert "bash scripts/setup.sh && .venv/bin/python app.py" in text and "bash scripts/test.sh" in text
+    written_elsewhere = {ROOT / "docs" / "open-sets.md"}  # the retraining's page, written with its results
+    for page in [ROOT / "README.md", *(set((ROOT / "docs").glob("*.md")) - written_elsewhere)]:
+        for link in re.findall(r"\]\(([^)#\s]+)", page.read_text()):
+            target = (page.parent / link).resolve()
+            inside = target.is_relative_to(ROOT)  # not the workspace's notes beside the repository
+            if not link.startswith("http") and inside and target not in written_elsewhere:
+                assert target.exists(), f"{page.name}: {link}"
+
+
+# --- a real browser on the embedded models ------------------------------------------------------
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def space():
+    """The app as a Space runs it: the embedded checkpoints, on the CPU."""
+    demo, url = serve(Models(ROOT / "checkpoints", "cpu"))
+    yield url
+    demo.close()
+
+
+def watch_the_set(page, total: int, deadline_s: float = 180) -> tuple[list[int], set[str]]:
+    """How many images the strip held over time, and the progress lines seen, until `total` images are done."""
+    counts, progress, deadline = [], set(), time.time() + deadline_s
+    while time.time() < deadline and not page.get_by_text(f"{total} of {total} image(s) done").count():
+        n = page.locator("#set img").count()
+        if not counts or n != counts[-1]:
+            counts.append(n)
+        progress.update(re.findall(r"image \d+ of \d+: step \d+ of \d+", page.locator("#status").inner_text()))
+        time.sleep(0.05)
+    counts.append(page.locator("#set img").count())
+    return counts, progress
+
+
+def download_zip(page, target: Path) -> dict:
+    with page.expect_download() as download:
+        page.locator('#downloads a[download="m2m-set.zip"]').first.click()
+    download.value.save_as(target)
+    return read_manifest(target)
 
 
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed")
-def test_browser_end_to_end(server, context_files, tmp_path):
-    """Upload two images, generate 3, see them appear one by one, download the zip."""
+def test_browser_end_to_end(space, context_files, tmp_path):
+    """Examples as pictures, a click that streams a set into the strip, the Models panel, uploads, bad input."""
     from playwright.sync_api import sync_playwright
 
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
-        page = browser.new_page(accept_downloads=True)
-        page.goto(server)
-        page.locator("input[type=file]").first.set_input_files(context_files)
-        page.locator("#context img").nth(1).wait_for(timeout=30_000)  # both shown, in order
-        for slider, value in (("#num-images", "3"), ("#steps", "20")):
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page.goto(space)
+        thumbnails = page.locator("#examples img")
+        thumbnails.first.wait_for(timeout=30_000)
+        assert thumbnails.count() == len(find_examples(ROOT / "examples"))
+        for task in TASKS:  # every task's examples on the first screen, before any click
+            box = page.locator("#examples").get_by_text(task).first.bounding_box()
+            assert box and box["y"] + box["height"] < 1000, task
+        page.get_by_role("button", name="a plant growing, 3 steps").click()
+        counts, progress = watch_the_set(page, 4)
+        assert counts[-1] == 7 and 3 in counts and {4, 5} & set(counts) and counts == sorted(counts), counts
+        assert progress, "no step-level progress was shown"
+        for caption in ("given 1", "given 3", "new 4 · Seed 0"):
+            assert page.locator("#set").get_by_text(caption, exact=True).is_visible()
+        page.screenshot(path=ROOT / "docs" / "demo.png")  # README's picture of the demo, kept current
+        assert [im["index"] for im in download_zip(page, tmp_path / "a.zip")["images"]] == [3, 4, 5, 6]
+
+        panel = page.get_by_text("m2m-dino-tiny-procedure")
+        assert not panel.is_visible()  # collapsed until asked for
+        page.get_by_text("Models", exact=True).click()
+        panel.wait_for(timeout=10_000)
+
+        page.locator("#context").get_by_role("button", name="Clear").click()  # the example's images
+        page.locator("#context input[type=file]").set_input_files(context_files)
+        page.locator("#context img").nth(1).wait_for(timeout=30_000)
+        page.locator("#context img").nth(0).click()
+        page.get_by_role("button", name="Later ▶").click()
+        for slider, value in (("#num-images", "1"), ("#steps", "2")):
             page.locator(f"{slider} input[type=number]").fill(value)
             page.locator(f"{slider} input[type=number]").press("Enter")
         page.get_by_role("button", name="Generate", exact=True).click()
-        gallery = page.locator("#generated img")
-        seen, deadline = [], time.time() + 120
-        while time.time() < deadline and (not seen or seen[-1] < 3):
-            count = gallery.count()
-            if not seen or count != seen[-1]:
-                seen.append(count)
-            time.sleep(0.05)
-        assert seen[-1] == 3 and ({1, 2} & set(seen)) and seen == sorted(seen), seen  # they arrived one by one
-        page.get_by_text("3 of 3 image(s) done").wait_for(timeout=30_000)
-        link = page.locator('#downloads a[download="m2m-set.zip"]').first
-        with page.expect_download() as download:
-            link.click()
-        target = tmp_path / "set.zip"
-        download.value.save_as(target)
+        page.get_by_text("1 of 1 image(s) done").wait_for(timeout=60_000)
+        assert download_zip(page, tmp_path / "b.zip")["context_order"] == ["c1.png", "c0.png"]
+
+        page.locator("#context input[type=file]").set_input_files([bad_file(tmp_path, "text")])
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.get_by_text("text.png: not an image file").wait_for(timeout=30_000)
         browser.close()
-    assert len([n for n in zip_names(target) if n.endswith(".png")]) == 3
+    with Image.open(ROOT / "docs" / "demo.png") as shot:
+        assert shot.width >= 1000

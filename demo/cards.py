@@ -1,0 +1,78 @@
+"""The Models panel: for each variant and task, its checkpoint, what it was trained on, its size, its quality.
+
+What a model was trained on and how it measured come from model_cards.json, keyed by checkpoint
+folder name. A card also holds the fingerprint of the weights it describes: when the weights in the
+folder are not those (a retrained model), the panel says that their quality is not measured yet,
+rather than showing another model's numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from safetensors import safe_open
+
+from demo.models import TASKS, VARIANTS, Models
+from m2m.adapters import base_folder, is_adapter
+
+CARDS = Path(__file__).with_name("model_cards.json")
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files a checkpoint runs on: its own, and its base's for a task adapter."""
+    files = sorted(folder.rglob("*.safetensors"))
+    return files + weight_files(base_folder(folder)) if is_adapter(folder) else files
+
+
+def fingerprint(folder: Path) -> str:
+    """A short hash of the weights (and of the base's, for an adapter): which model a card describes."""
+    digest = hashlib.sha256()
+    for file in weight_files(folder):
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def size(folder: Path) -> str:
+    """Its size on disk and its parameters (read from the safetensors headers, no weights loaded)."""
+    files = sorted(folder.rglob("*.safetensors"))
+    mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+    params = 0
+    for file in files:
+        with safe_open(file, "pt") as f:
+            params += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
+    text = f"{mb:.1f} MB, {params / 1e6:.1f}M parameters"
+    return text + f" (an adapter over `{base_folder(folder).name}`)" if is_adapter(folder) else text
+
+
+def read_cards(path: Path = CARDS) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def row(models: Models, variant: str, task: str, cards: dict) -> str:
+    folder = models.folder(variant, task)
+    reason = models.unavailable(variant, task)
+    if reason:
+        return f"| {variant} | {task} | `{folder.name}` | | | | unavailable: {reason} |"
+    card = cards.get(folder.name, {})
+    quality = card.get("quality", "not measured")
+    if card and card.get("weights") != fingerprint(folder):
+        quality = "not measured for these weights (the card describes other ones)"
+    trained_on = card.get("trained_on", "")
+    return f"| {variant} | {task} | `{folder.name}` | {trained_on} | {size(folder)} | {quality} | ready |"
+
+
+def models_table(models: Models, cards: dict | None = None) -> str:
+    """The panel's Markdown: one row per variant and task."""
+    cards = read_cards() if cards is None else cards
+    head = ["| variant | task | checkpoint | trained on | size | measured quality | status |", "|---" * 7 + "|"]
+    rows = [row(models, v, t, cards) for v in VARIANTS for t in TASKS]
+    note = (
+        f"\n\nCheckpoints from `{models.checkpoint_dir}`, running on {models.device} ({str(models.dtype)[6:]}). "
+        "Quality: content and style consistency judged by probe classifiers (chance 0.07 and 0.04), with 4 "
+        "given images; next-image PSNR and SSIM for the task models, against the general model (base) and "
+        "copying the last image. All figures and how they were measured: docs/quality.md and docs/tasks.md."
+    )
+    return "\n".join(head + rows) + note
