@@ -69,8 +69,9 @@ def models_table(models: Models, cards: dict | None = None) -> str:
     cards = read_cards() if cards is None else cards
     head = ["| variant | task | checkpoint | trained on | size | measured quality | status |", "|---" * 7 + "|"]
     rows = [row(models, v, t, cards) for v in VARIANTS for t in TASKS]
+    dtype = str(models.dtype).removeprefix("torch.")
     note = (
-        f"\n\nCheckpoints from `{models.checkpoint_dir}`, running on {models.device} ({str(models.dtype)[6:]}). "
+        f"\n\nCheckpoints from `{models.checkpoint_dir}`, running on {models.device} ({dtype}). "
         "Quality: content and style consistency judged by probe classifiers (chance 0.07 and 0.04), with 4 "
         "given images; next-image PSNR and SSIM for the task models, against the general model (base) and "
         "copying the last image. All figures and how they were measured: docs/quality.md and docs/tasks.md."

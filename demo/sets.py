@@ -91,12 +91,10 @@ def shown_copy(img: Image.Image) -> Image.Image:
 
 def with_new(s: ImageSet, new: tuple[NewImage, ...]) -> ImageSet:
     """The set with these new images; `earlier` keeps only the replaced images that one is made after."""
-    needed, earlier = {name for x in new for name in x.after}, []
-    for old in reversed(s.earlier):  # an earlier image may itself be made after an even earlier one
-        if old.name in needed and old not in new:
-            earlier.insert(0, old)
-            needed |= set(old.after)
-    return replace(s, new=new, earlier=tuple(earlier))
+    needed = {name for x in new for name in x.after}
+    while grown := {name for x in s.earlier if x.name in needed for name in x.after} - needed:
+        needed |= grown  # a replaced image may itself be made after an even earlier one
+    return replace(s, new=new, earlier=tuple(x for x in s.earlier if x.name in needed and x not in new))
 
 
 def save_new(folder: str, image: Image.Image, index: int, seed: int) -> str:

@@ -132,6 +132,14 @@ def test_regenerate_one_image(models, context_files):
     assert state.earlier == ()  # nothing left is made after a replaced image
 
 
+def test_a_replaced_image_stays_while_an_image_is_made_after_it_even_through_another():
+    img = lambda name, *after: sets.NewImage(f"/s/{name}", 0, 0, after)  # noqa: E731
+    y, x = img("y.png", "a.png"), img("x.png", "a.png", "y.png")  # x was made after y; both replaced since
+    s = sets.ImageSet("/s", (), (), None, earlier=(y, x))
+    assert sets.with_new(s, (img("a.png"), img("z.png", "a.png", "x.png"))).earlier == (y, x)
+    assert sets.with_new(s, (img("a.png"), img("z.png", "a.png"))).earlier == ()
+
+
 def test_regenerate_keeps_the_sets_seed_for_the_images_before_k(models, context_files):
     state = redo(models, run(models, context_files, 3, seed=7)[-1][3], 3)
     assert state.recipe.seed == 7 and [x.seed for x in state.new[:2]] == [7, 7] and state.new[2].seed != 7
