@@ -2,6 +2,7 @@
 
 loader = make_loader("data/mis-synth/train-*.tar", batch_size=8, min_k=2, max_k=6)   # shards (MIS, any task)
 loader = make_loader("synth:train", batch_size=8, min_k=2, max_k=6, n_sets=10000)   # MIS-synth, drawn on the fly
+loader = make_loader("open:train", 8, 2, 6)            # open-ended sets (train/open_sets.py); open:heldout, open:hard
 loader = make_loader("nvs:train", 8, 2, 5)             # synthetic novel views (train/nvs.py), in azimuth order
 loader = make_loader("procedure:train", 8, 2, 5)       # synthetic procedures (train/procedures.py), step order
 loader = make_loader("folders:data/objaverse", 8, 2, 5)   # real data: one folder of images per set
@@ -15,6 +16,7 @@ batch["content"], batch["style"]   (B,) labels, -1 where the source has none
 
 from __future__ import annotations
 
+import functools
 import glob
 import itertools
 import random
@@ -26,8 +28,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from m2m.images import load_image, to_model_size, to_tensor
-from train import nvs, procedures, synth
+from train import nvs, open_sets, procedures, synth
 from train.shards import read_shard
+from train.sprites import load_sprites
 
 
 def shard_list(spec: str) -> list[Path]:
@@ -60,7 +63,11 @@ class SetDataset(IterableDataset):
         kind, _, rest = source.partition(":")
         self.generator, self.folders, self.shards, self.split = None, None, None, rest
         self.whole = kind in WHOLE
-        if kind in GENERATORS:
+        if kind == "open":  # open-ended sets: this split's drawings are loaded once, here
+            if rest not in open_sets.SPLITS:
+                raise ValueError(f"{source!r}: the split must be one of {', '.join(open_sets.SPLITS)}")
+            self.generator = functools.partial(open_sets.set_record, sprites=load_sprites(rest))
+        elif kind in GENERATORS:
             if rest not in ("train", "heldout"):
                 raise ValueError(f"{source!r}: the split must be train or heldout")
             self.generator = GENERATORS[kind]

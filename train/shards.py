@@ -115,11 +115,12 @@ def read_shards(paths: Iterable[str | Path]) -> Iterator[Record]:
 
 
 def write_shards_cli(doc: str, set_record: Callable[..., Record], count: str, default: int, per_shard: int,
-                     argv: list[str] | None = None, set_size: int | None = None) -> None:  # fmt: skip
+                     argv: list[str] | None = None, set_size: int | None = None,
+                     splits: tuple[str, ...] = ("train", "heldout")) -> None:  # fmt: skip
     """`python -m train.<generator> --out DIR --split train|heldout --<count> N ...`: a generator's sets as shards."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    p.add_argument("--split", choices=["train", "heldout"], default="train")
+    p.add_argument("--split", choices=splits, default="train")
     p.add_argument(f"--{count}", type=int, default=default, dest="count")
     p.add_argument("--per-shard", "--sets-per-shard", type=int, default=per_shard, dest="per_shard")
     if set_size is not None:

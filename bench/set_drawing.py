@@ -1,0 +1,64 @@
+"""Images/s of the open-set renderer (torch, batches) against MIS-synth's drawing (PIL, one set at a time).
+
+The two alternate in every repeat, on the same threads, so that a slow phase of a shared machine
+hits both alike; the ratio is the median of the paired ratios.
+
+    python bench/set_drawing.py --threads 1 --repeats 5
+    python bench/set_drawing.py --device cuda --batch-sets 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path: the repository's train/ too
+from train import synth
+from train.open_sets import OpenSets
+from train.sprites import load_sprites
+
+
+def open_rate(sets: OpenSets, start: int, n: int, k: int, device: str) -> float:
+    begin = time.perf_counter()
+    sets.batch(list(range(start, start + n)), k, device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return n * k / (time.perf_counter() - begin)
+
+
+def synth_rate(start: int, n: int, k: int) -> float:
+    begin = time.perf_counter()
+    for i in range(start, start + n):
+        synth.set_record("train", i, k)
+    return n * k / (time.perf_counter() - begin)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-sets", type=int, default=32)
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    sets = OpenSets("train", sprites=load_sprites("train"))
+    open_rate(sets, 10**6, 4, args.k, args.device)  # warm-up
+    rows = []
+    for r in range(args.repeats):
+        start = r * args.batch_sets
+        rows.append((open_rate(sets, start, args.batch_sets, args.k, args.device), synth_rate(start, 8, args.k)))
+    o, s = statistics.median(x[0] for x in rows), statistics.median(x[1] for x in rows)
+    ratio = statistics.median(x[0] / x[1] for x in rows)
+    drawings = "with drawings" if sets.sprites is not None else "no drawings (no atlas)"
+    print(f"{args.device}, {args.threads} thread(s), sets of {args.k}, {drawings}")
+    print(f"open sets: {o:.0f} images/s (batches of {args.batch_sets}); MIS-synth: {s:.0f} images/s; ratio {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,520 @@
+"""Open-ended image sets: no two sets share a "caption" (issue 13; DESIGN.md §3).
+
+MIS has a new caption for every set; MIS-synth had 336, and the models learnt the list. Here a
+caption is a draw of continuous parameters, so nothing can be memorised, only read:
+
+- **shape**: polygons and stars (any number of points, any inner ratio), superellipses, rings,
+  crosses, crescents, smooth random closed curves, unions of 2-3 of them, or a **drawing**
+  (clip art or emoji, `train/sprites.py`, a tenth held out);
+- **colours** drawn freely in HSV, 1-3 per set, plus an accent;
+- **background**: flat, gradient, stripes, dots, checks or noise, at a random scale, angle, contrast;
+- **rendering**: flat, outline of any width (filled or not), patterned fill, shading; a shadow or not.
+
+Each image of a set redraws its caption with its own count, positions, sizes, rotations, flips
+and a little colour jitter, as MIS's images differ in their initial noise.
+
+Everything is rendered in batches with tensor ops (anti-aliased signed distances, sprites by
+affine `grid_sample`), on any device. Set `i` of a split is fixed by (split, seed, i): its
+parameters are drawn on the CPU by a generator of its own, so a set is the same in any batch,
+on CPU and CUDA (up to float rounding). Splits: `train`, `heldout` (a disjoint seed stream) and
+`hard` (shape families, hues and drawings that `train` never sees).
+
+    python -m train.open_sets --out data/open --sets 10000 --set-size 8   # MIS-layout shards
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from m2m.images import to_pil
+
+SIZE = 128
+FAMILIES = ("polygon", "superellipse", "ring", "cross", "crescent", "curve", "union", "drawing")
+HARD_FAMILIES = ("cross", "crescent")  # shape families of the `hard` split only
+HARD_HUES = (0.70, 0.80)  # a band of hues (HSV, violet) used by the `hard` split only
+BACKGROUNDS = ("flat", "gradient", "stripes", "dots", "checks", "noise")
+RENDERINGS = ("flat", "outline", "pattern", "shaded")
+SPRITE_MODES = ("original", "tinted", "silhouette")
+SPLITS = {"train": 11, "heldout": 12, "hard": 13}  # disjoint seed streams
+PRIMS, INSTANCES, FOURIER = 3, 3, 4  # primitives per shape, instances per image, harmonics per curve
+MAX_SET = 25  # images per set, as in MIS
+
+
+class Draw:
+    """Random draws from one set's own generator."""
+
+    def __init__(self, seed: int):
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def uniform(self, lo: float, hi: float, *shape: int) -> Tensor:
+        return lo + (hi - lo) * torch.rand(shape or (1,), generator=self.gen)
+
+    def integers(self, lo: int, hi: int, *shape: int) -> Tensor:
+        """Integers in [lo, hi]."""
+        return torch.randint(lo, hi + 1, shape or (1,), generator=self.gen)
+
+    def choice(self, options: tuple | list | range) -> object:
+        return options[int(self.integers(0, len(options) - 1))]
+
+    def chance(self, p: float) -> bool:
+        return bool(self.uniform(0, 1) < p)
+
+
+def set_seed(split: str, index: int, seed: int = 0) -> int:
+    if split not in SPLITS:
+        raise ValueError(f"open sets: the split must be one of {sorted(SPLITS)}, got {split!r}")
+    return int(np.random.SeedSequence([seed, index, SPLITS[split]]).generate_state(1)[0])
+
+
+# --- Captions: what a set shares --------------------------------------------------------------
+
+
+def hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
+    """(...,) each in [0, 1] -> (..., 3) RGB in [0, 1]."""
+    k = torch.stack([torch.full_like(h, n) for n in (5.0, 3.0, 1.0)], -1)  # (..., 3)
+    k = (k + h[..., None] * 6) % 6
+    return v[..., None] - v[..., None] * s[..., None] * (torch.minimum(k, 4 - k).clamp(0, 1))
+
+
+def draw_hue(d: Draw, split: str, n: int) -> Tensor:
+    """Hues anywhere but the hard band (train, heldout), or inside it (hard)."""
+    lo, hi = HARD_HUES
+    if split == "hard":
+        return d.uniform(lo, hi, n)
+    u = d.uniform(0, 1 - (hi - lo), n)
+    return torch.where(u < lo, u, u + (hi - lo))
+
+
+def draw_colours(d: Draw, split: str) -> dict[str, Tensor]:
+    """1-3 foreground colours, an accent and two background colours that contrast with them."""
+    n = int(d.integers(1, 3))
+    value = d.uniform(0.3, 1.0)
+    fg = hsv_to_rgb(
+        draw_hue(d, split, 3), d.uniform(0.25, 1.0, 3) ** 0.7, (value + d.uniform(-0.15, 0.15, 3)).clamp(0.2, 1)
+    )
+    accent = hsv_to_rgb(draw_hue(d, split, 1), d.uniform(0.0, 1.0, 1), d.uniform(0.1, 1.0, 1))[0]
+    train_split = "train" if split == "hard" else split  # backgrounds keep to the training hues
+    bg_value = (value + d.uniform(0.35, 0.65)) % 1.0
+    bg_h = draw_hue(d, train_split, 2)
+    bg_v = torch.cat([bg_value, (bg_value + d.uniform(-0.3, 0.3)).clamp(0.05, 1.0)])
+    bg = hsv_to_rgb(bg_h, d.uniform(0.0, 0.6, 2), bg_v.clamp(0.05, 1.0))
+    return {"palette": fg, "n_colours": torch.tensor(n), "accent": accent, "bg": bg}  # (3, 3), (), (3,), (2, 3)
+
+
+def draw_primitives(d: Draw, family: str) -> dict[str, Tensor]:
+    """Up to PRIMS primitives: radial kind (0 star, 1 superellipse, 2 curve), its parameters and placement."""
+    p = {
+        "kind": d.integers(0, 2, PRIMS), "active": torch.tensor([True, False, False]),
+        "subtract": torch.zeros(PRIMS, dtype=torch.bool), "points": d.integers(3, 9, PRIMS).float(),
+        "inner": d.uniform(0.3, 1.0, PRIMS), "exponent": 2 ** d.uniform(-0.8, 2.5, PRIMS),
+        "amp": d.uniform(-1, 1, PRIMS, FOURIER) * d.uniform(0.05, 0.25, PRIMS, 1),
+        "phase": d.uniform(0, 2 * math.pi, PRIMS, FOURIER), "hole": torch.zeros(PRIMS),
+        "offset": torch.zeros(PRIMS, 2), "scale": torch.ones(PRIMS), "rotation": d.uniform(0, 2 * math.pi, PRIMS),
+        "aspect": torch.ones(PRIMS),
+    }  # fmt: skip
+    FAMILY_SHAPES[family](d, p)
+    return p
+
+
+def _polygon(d: Draw, p: dict) -> None:
+    p["kind"][0] = 0
+    if d.chance(0.4):  # a regular polygon: the inner vertices sit on its edges
+        p["inner"][0] = math.cos(math.pi / p["points"][0])
+
+
+def _superellipse(d: Draw, p: dict) -> None:
+    p["kind"][0], p["aspect"][0] = 1, d.uniform(0.45, 1.0)
+
+
+def _ring(d: Draw, p: dict) -> None:
+    p["kind"][0] = d.choice((0, 1, 1))
+    p["inner"][0] = math.cos(math.pi / p["points"][0])
+    p["hole"][0] = d.uniform(0.35, 0.75)
+
+
+def _cross(d: Draw, p: dict) -> None:
+    width, length = d.uniform(0.18, 0.45), d.uniform(0.8, 1.0)
+    p["active"][:2] = True
+    p["kind"][:2], p["exponent"][:2] = 1, d.uniform(4, 10)
+    p["aspect"][:2], p["scale"][:2] = width / length, length
+    p["rotation"][1] = p["rotation"][0] + math.pi / 2 + d.uniform(-0.3, 0.3)
+
+
+def _crescent(d: Draw, p: dict) -> None:
+    p["active"][:2], p["subtract"][1] = True, True
+    p["kind"][:2], p["exponent"][:2], p["aspect"][:2] = 1, 2.0, 1.0
+    angle, shift = d.uniform(0, 2 * math.pi), d.uniform(0.25, 0.6)
+    p["offset"][1] = shift * torch.cat([torch.cos(angle), torch.sin(angle)])
+    p["scale"][1] = d.uniform(0.75, 1.0)
+
+
+def _curve(d: Draw, p: dict) -> None:
+    p["kind"][0] = 2
+
+
+def _union(d: Draw, p: dict) -> None:
+    n = int(d.integers(2, 3))
+    p["active"][:n] = True
+    p["scale"][:n] = d.uniform(0.4, 0.7, n)
+    p["offset"][:n] = d.uniform(-0.45, 0.45, n, 2)
+    p["aspect"][:n] = d.uniform(0.5, 1.0, n)
+
+
+FAMILY_SHAPES = {
+    "polygon": _polygon, "superellipse": _superellipse, "ring": _ring, "cross": _cross, "crescent": _crescent,
+    "curve": _curve, "union": _union, "drawing": _polygon,  # a drawing's primitives stay unused
+}  # fmt: skip
+
+
+def draw_caption(d: Draw, split: str, n_sprites: int) -> dict[str, Tensor]:
+    """Everything a set shares: shape or drawing, colours, background and rendering."""
+    families = [f for f in FAMILIES if (f in HARD_FAMILIES) == (split == "hard") or f == "drawing"]
+    if n_sprites == 0:
+        families.remove("drawing")
+    family = d.choice(families)
+    return {
+        "family": torch.tensor(FAMILIES.index(family)),
+        "sprite": d.integers(0, max(n_sprites - 1, 0))[0] if family == "drawing" else torch.tensor(-1),
+        "sprite_mode": d.choice((0, 0, 1, 2)) * torch.ones((), dtype=torch.long),
+        **{f"prim_{k}": v for k, v in draw_primitives(d, family).items()},
+        **draw_colours(d, split),
+        "background": torch.tensor(d.choice(range(len(BACKGROUNDS)))),
+        "bg_freq": d.uniform(2, 10)[0], "bg_angle": d.uniform(0, math.pi)[0], "bg_contrast": d.uniform(0.15, 1)[0],
+        "bg_noise": d.uniform(0, 1, 1, 6, 6),
+        "rendering": torch.tensor(d.choice(range(len(RENDERINGS)))), "outline": d.uniform(0.05, 0.3)[0],
+        "outline_fill": torch.tensor(d.chance(0.5)), "pattern": torch.tensor(d.choice((0, 1))),
+        "pat_freq": d.uniform(6, 20)[0], "pat_angle": d.uniform(0, math.pi)[0], "light": d.uniform(0, 2 * math.pi)[0],
+        "shadow": torch.tensor(d.chance(0.3)), "shadow_offset": d.uniform(0.03, 0.08) * torch.tensor([1.0, 1.0]),
+        "max_count": d.choice((1, 1, 1, 2, 3)) * torch.ones((), dtype=torch.long),
+        "size": d.uniform(0.35, 0.75)[0], "spin": d.uniform(0, 1)[0] ** 2 * math.pi,
+        "base_rotation": d.uniform(0, 2 * math.pi)[0], "flips": torch.tensor(d.chance(0.5)),
+    }  # fmt: skip
+
+
+def draw_layout(d: Draw, caption: dict, k: int) -> dict[str, Tensor]:
+    """What differs between the k images of a set: count, positions, sizes, rotations, flips, jitter.
+
+    Always drawn for at least MAX_SET images, so that the first k images of a set do not depend on k.
+    """
+    k_asked, k = k, max(k, MAX_SET)
+    count = d.integers(1, int(caption["max_count"]), k)  # (K,)
+    active = torch.arange(INSTANCES)[None] < count[:, None]  # (K, M)
+    size = caption["size"] / count.float().sqrt()[:, None] * d.uniform(0.75, 1.15, k, INSTANCES)  # (K, M)
+    centre = d.uniform(-1, 1, k, INSTANCES, 2) * (1 - size[..., None]).clamp(min=0.05)  # (K, M, 2)
+    rotation = caption["base_rotation"] + caption["spin"] * d.uniform(-1, 1, k, INSTANCES)
+    flip = torch.where(caption["flips"] & (d.uniform(0, 1, k, INSTANCES) < 0.5), -1.0, 1.0)
+    colour = d.integers(0, int(caption["n_colours"]) - 1, k, INSTANCES)
+    layout = {"active": active, "size": size, "centre": centre, "rotation": rotation, "flip": flip,
+              "colour": colour, "jitter": d.uniform(-0.04, 0.04, k, 3)}  # fmt: skip
+    return {key: v[:k_asked] for key, v in layout.items()}
+
+
+def draw_sets(split: str, indices: list[int], k: int, seed: int = 0, n_sprites: int = 0) -> dict[str, Tensor]:
+    """Captions (B, ...) and layouts (B, K, ...) of sets `indices` of a split, each from its own generator."""
+    captions, layouts = [], []
+    for i in indices:
+        d = Draw(set_seed(split, i, seed))
+        captions.append(draw_caption(d, split, n_sprites))
+        layouts.append(draw_layout(d, captions[-1], k))
+    stack = {key: torch.stack([c[key] for c in captions]) for key in captions[0]}
+    return stack | {f"lay_{key}": torch.stack([lay[key] for lay in layouts]) for key in layouts[0]}
+
+
+# --- Rendering: the same tensor ops on any device ------------------------------------------------
+
+
+def pixel_grid(size: int, device) -> Tensor:
+    """Pixel centres in [-1, 1], x right and y down: (S, S, 2)."""
+    c = (torch.arange(size, device=device) + 0.5) / size * 2 - 1
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([x, y], -1)
+
+
+def rotate(xy: Tensor, angle: Tensor) -> Tensor:
+    """Rotate points (N, S, S, 2) by -angle (N,): into a frame turned by `angle`."""
+    cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
+    return torch.stack([cos * xy[..., 0] + sin * xy[..., 1], -sin * xy[..., 0] + cos * xy[..., 1]], -1)
+
+
+def coverage(distance: Tensor, pixel: float) -> Tensor:
+    """Anti-aliased coverage of a signed distance (inside > 0) given in image units."""
+    return (0.5 + distance / pixel).clamp(0, 1)
+
+
+def radius(theta: Tensor, cap: dict, j: int) -> Tensor:
+    """The boundary radius r(θ) (N, S, S) of primitive j, all rows of one kind: star, superellipse or curve."""
+    kind = int(cap["prim_kind"][0, j])
+    if kind == 0:  # star / polygon: the line between an outer and an inner vertex
+        n, inner = cap["prim_points"][:, j, None, None], cap["prim_inner"][:, j, None, None]
+        alpha = math.pi / n
+        phi = torch.remainder(theta, 2 * alpha)
+        phi = torch.minimum(phi, 2 * alpha - phi)  # folded into one half-sector
+        return (
+            inner
+            * torch.sin(alpha)
+            / (torch.cos(phi) * inner * torch.sin(alpha) - torch.sin(phi) * (inner * torch.cos(alpha) - 1))
+        )
+    if kind == 1:  # superellipse |x|^m + |y|^m = 1
+        m = cap["prim_exponent"][:, j, None, None]
+        return (torch.cos(theta).abs().clamp(min=1e-6) ** m + torch.sin(theta).abs().clamp(min=1e-6) ** m) ** (-1 / m)
+    harmonics = torch.arange(2, 2 + FOURIER, device=theta.device)  # smooth closed curve: a few harmonics
+    waves = torch.cos(theta[..., None] * harmonics + cap["prim_phase"][:, j, None, None])  # (N, S, S, F)
+    return 1 + (waves * cap["prim_amp"][:, j, None, None]).sum(-1)
+
+
+def take(tensors: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
+    return {key: v[rows] for key, v in tensors.items()}
+
+
+def primitive_distance(local: Tensor, cap: dict, j: int) -> Tensor:
+    """Signed distance (inside > 0) to primitive j, in instance units: (N, S, S)."""
+    scale, aspect = cap["prim_scale"][:, j], cap["prim_aspect"][:, j]
+    q = rotate(local - cap["prim_offset"][:, j, None, None], cap["prim_rotation"][:, j]) / scale[:, None, None, None]
+    q = torch.stack([q[..., 0] / aspect[:, None, None], q[..., 1]], -1)
+    rho, theta = q.norm(dim=-1), torch.atan2(q[..., 1], q[..., 0])
+    r = torch.empty_like(rho)
+    for kind in cap["prim_kind"][:, j].unique().tolist():
+        rows = (cap["prim_kind"][:, j] == kind).nonzero()[:, 0]
+        r[rows] = radius(theta[rows], take(cap, rows), j)
+    unit = (scale * aspect)[:, None, None]  # a q-unit in instance units, on the narrow side
+    hole = cap["prim_hole"][:, j, None, None]
+    return torch.where(hole > 0, torch.minimum(r - rho, rho - hole * r), r - rho) * unit
+
+
+def shape_distance(local: Tensor, cap: dict) -> Tensor:
+    """Signed distance (inside > 0, approximately, in instance units) to the set's shape: (N, S, S)."""
+    total = torch.full(local.shape[:-1], -1e3, device=local.device)
+    for j in range(PRIMS):
+        rows = cap["prim_active"][:, j].nonzero()[:, 0]
+        if len(rows) == 0:
+            continue
+        dist = primitive_distance(local[rows], take(cap, rows), j)
+        sub = cap["prim_subtract"][rows, j, None, None]
+        total[rows] = torch.where(sub, torch.minimum(total[rows], -dist), torch.maximum(total[rows], dist))
+    return total
+
+
+def stripes(u: Tensor, freq: Tensor) -> Tensor:
+    return 0.5 + 0.5 * torch.tanh(4 * torch.sin(math.pi * freq * u))
+
+
+def bg_pattern(kind: int, uv: Tensor, f: Tensor, noise: Tensor) -> Tensor:
+    """Pattern `kind` of BACKGROUNDS in [0, 1] (N, S, S) at frequency f (N, 1, 1), in the turned frame uv."""
+    u, v, size = uv[..., 0], uv[..., 1], uv.shape[1]
+    if kind == 0:  # flat
+        return torch.zeros_like(u)
+    if kind == 1:  # gradient
+        return ((u + 1.4) / 2.8).clamp(0, 1)
+    if kind == 2:
+        return stripes(u, f)
+    if kind == 3:  # dots: the distance to the nearest lattice point
+        return coverage(0.25 - (torch.remainder(uv * f[..., None] / 2, 1) - 0.5).norm(dim=-1), f / size)
+    if kind == 4:  # checks
+        return 0.5 + 0.5 * torch.tanh(4 * torch.sin(math.pi * f * u) * torch.sin(math.pi * f * v))
+    return F.interpolate(noise, size=(size, size), mode="bicubic", align_corners=False)[:, 0].clamp(0, 1)
+
+
+def background(cap: dict, xy: Tensor) -> Tensor:
+    """(N, 3, S, S): two colours mixed by one of six patterns at the set's scale, angle and contrast."""
+    n = cap["bg"].shape[0]
+    uv = rotate(xy.expand(n, -1, -1, -1), cap["bg_angle"])  # (N, S, S, 2)
+    p = torch.empty(uv.shape[:-1], device=xy.device)
+    for kind in cap["background"].unique().tolist():
+        rows = (cap["background"] == kind).nonzero()[:, 0]
+        p[rows] = bg_pattern(kind, uv[rows], cap["bg_freq"][rows, None, None], cap["bg_noise"][rows])
+    bg0, bg1 = cap["bg"][:, 0, :, None, None], cap["bg"][:, 1, :, None, None]  # (N, 3, 1, 1)
+    return bg0 + (cap["bg_contrast"][:, None, None, None] * p[:, None]) * (bg1 - bg0)
+
+
+def instance_frame(xy: Tensor, lay: dict, m: int) -> Tensor:
+    """Image points in instance m's frame (N, S, S, 2): centred, turned, mirrored, in units of its size."""
+    n = lay["size"].shape[0]
+    local = rotate(xy.expand(n, -1, -1, -1) - lay["centre"][:, m, None, None], lay["rotation"][:, m])
+    local = local / lay["size"][:, m, None, None, None]
+    return torch.stack([local[..., 0] * lay["flip"][:, m, None, None], local[..., 1]], -1)
+
+
+def shape_layers(cap: dict, lay: dict, local: Tensor, m: int, pixel: float) -> list[tuple[Tensor, Tensor]]:
+    """Instance m of a drawn shape as (coverage (N, 1, S, S), colour (N, 3, S|1, S|1)) layers, bottom first."""
+    n = local.shape[0]
+    base = cap["palette"][torch.arange(n, device=local.device), lay["colour"][:, m]] + lay["jitter"]  # (N, 3)
+    dist = shape_distance(local, cap) * lay["size"][:, m, None, None]  # image units
+    cover = coverage(dist, pixel)[:, None]  # (N, 1, S, S)
+    colour = base[..., None, None].expand(-1, -1, *local.shape[1:3])
+    r = cap["rendering"][:, None, None, None]
+    u = rotate(local, cap["pat_angle"])[..., 0]  # (N, S, S)
+    pattern = torch.where(cap["pattern"][:, None, None] == 0, stripes(u, cap["pat_freq"][:, None, None]),
+                          coverage(0.3 - (torch.remainder(local * cap["pat_freq"][:, None, None, None] / 4, 1) - 0.5)
+                                   .norm(dim=-1), pixel * cap["pat_freq"][:, None, None]))  # fmt: skip
+    patterned = torch.lerp(colour, cap["accent"][..., None, None] + lay["jitter"][..., None, None], pattern[:, None])
+    light = torch.stack([torch.cos(cap["light"]), torch.sin(cap["light"])], -1)  # (N, 2)
+    shade = (0.75 + 0.45 * (local * light[:, None, None]).sum(-1)).clamp(0.3, 1.3)[:, None]  # (N, 1, S, S)
+    colour = torch.where(r == 2, patterned, torch.where(r == 3, colour * shade, colour))
+    inner = coverage(dist - cap["outline"][:, None, None] * lay["size"][:, m, None, None], pixel)[:, None]
+    outline = r == 1
+    band = torch.where(outline, (cover - inner).clamp(0, 1), cover)
+    fill = inner * (outline & cap["outline_fill"][:, None, None, None])
+    accent = (cap["accent"] + lay["jitter"])[..., None, None]
+    return [(fill, accent), (band, colour)]
+
+
+def sprite_layer(cap: dict, lay: dict, local: Tensor, m: int, sprites: Tensor) -> tuple[Tensor, Tensor]:
+    """Instance m of a drawing: its RGBA sprite warped into place (coverage (N, 1, S, S), colour (N, 3, S, S))."""
+    n = local.shape[0]
+    rgba = sprites[cap["sprite"].clamp(min=0).to(sprites.device)].to(local.device, torch.float32) / 255  # (N, 4, h, w)
+    warped = F.grid_sample(rgba, local, mode="bilinear", padding_mode="zeros", align_corners=False)  # (N, 4, S, S)
+    rgb, alpha = warped[:, :3], warped[:, 3:]
+    rgb = rgb / alpha.clamp(min=1e-3)  # grid_sample mixed colour with transparent black at the edges
+    base = (cap["palette"][torch.arange(n, device=local.device), lay["colour"][:, m]] + lay["jitter"])[..., None, None]
+    lum = (rgb * torch.tensor([0.3, 0.59, 0.11], device=rgb.device)[:, None, None]).sum(1, keepdim=True)
+    mode = cap["sprite_mode"][:, None, None, None]
+    colour = torch.where(mode == 0, rgb + lay["jitter"][..., None, None],
+                         torch.where(mode == 1, base * (0.3 + 0.9 * lum), base.expand_as(rgb)))  # fmt: skip
+    return alpha, colour
+
+
+def draw_instance(canvas: Tensor, cap: dict, lay: dict, m: int, xy: Tensor, sprites: Tensor | None) -> Tensor:
+    """Paint instance m (its shadow, then its layers) over canvas (N, 3, S, S)."""
+    size = xy.shape[0]
+    local = instance_frame(xy, lay, m)
+    layers = shape_layers(cap, lay, local, m, 2 / size)
+    drawing = (cap["sprite"] >= 0)[:, None, None, None]
+    if sprites is not None and bool(drawing.any()):  # drawings take the place of the shape
+        alpha, sprite_colour = sprite_layer(cap, lay, local, m, sprites)
+        (fill, accent), (band, colour) = layers
+        layers = [(torch.where(drawing, 0.0, fill), accent),
+                  (torch.where(drawing, alpha, band), torch.where(drawing, sprite_colour, colour))]  # fmt: skip
+    cover = sum(c for c, _ in layers).clamp(0, 1)
+    canvas = canvas * (1 - 0.45 * shadow(cover, cap, size) * cap["shadow"][:, None, None, None])
+    for c, col in layers:
+        canvas = torch.lerp(canvas, col.expand_as(canvas), c)
+    return canvas
+
+
+def render(sets: dict[str, Tensor], size: int = SIZE, device="cpu", sprites: Tensor | None = None) -> Tensor:
+    """Sets drawn by `draw_sets` -> images (B, K, 3, S, S) in [-1, 1]."""
+    b, k = sets["lay_active"].shape[:2]
+    cap = {key: v.to(device).repeat_interleave(k, 0) for key, v in sets.items() if not key.startswith("lay_")}
+    lay = {key[4:]: v.to(device).flatten(0, 1) for key, v in sets.items() if key.startswith("lay_")}  # (N, ...)
+    xy = pixel_grid(size, device)
+    canvas = background(cap, xy)  # (N, 3, S, S)
+    for m in range(INSTANCES):
+        rows = lay["active"][:, m].nonzero()[:, 0]  # the images that have an m-th instance
+        if len(rows):
+            canvas[rows] = draw_instance(canvas[rows], take(cap, rows), take(lay, rows), m, xy, sprites)
+    return (canvas.clamp(0, 1) * 2 - 1).unflatten(0, (b, k))
+
+
+def shadow(cover: Tensor, cap: dict, size: int) -> Tensor:
+    """The coverage (N, 1, S, S) moved by the set's shadow offset: where the instance casts its shadow."""
+    n = cover.shape[0]
+    grid = pixel_grid(size, cover.device).expand(n, -1, -1, -1) - cap["shadow_offset"][:, None, None]
+    return F.grid_sample(cover, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+# --- Sets as the loader and shards want them ----------------------------------------------------
+
+
+@dataclass
+class OpenSets:
+    """Render whole batches of sets of one split (the fast path: training draws batches on its device)."""
+
+    split: str = "train"
+    seed: int = 0
+    size: int = SIZE
+    sprites: Tensor | None = None  # (n, 4, h, w) uint8 RGBA, premultiplied: this split's drawings
+
+    def batch(self, indices: list[int], k: int, device="cpu") -> Tensor:
+        n = 0 if self.sprites is None else self.sprites.shape[0]
+        sets = draw_sets(self.split, indices, k, self.seed, n)
+        return render(sets, self.size, device, self.sprites)  # (B, K, 3, S, S)
+
+    def captions(self, indices: list[int]) -> list[str]:
+        n = 0 if self.sprites is None else self.sprites.shape[0]
+        sets = draw_sets(self.split, indices, 1, self.seed, n)
+        return [caption_text(sets, i) for i in range(len(indices))]
+
+
+def caption_text(sets: dict, i: int) -> str:
+    family = FAMILIES[int(sets["family"][i])]
+    what = (
+        f"drawing {int(sets['sprite'][i])} ({SPRITE_MODES[int(sets['sprite_mode'][i])]})"
+        if family == "drawing"
+        else family
+    )
+    palette = sets["palette"][i][: int(sets["n_colours"][i])]
+    colours = ", ".join("#{:02x}{:02x}{:02x}".format(*(int(255 * c) for c in rgb)) for rgb in palette)
+    return (f"{what}; {RENDERINGS[int(sets['rendering'][i])]} in {colours}; "
+            f"{BACKGROUNDS[int(sets['background'][i])]} background")  # fmt: skip
+
+
+def set_record(split: str, index: int, k: int, seed: int = 0, sprites: Tensor | None = None) -> dict:
+    """Set `index` of a split as a shard sample (PIL images), for the loader, shards and evaluation."""
+    sets = draw_sets(split, [index], min(k, MAX_SET), seed, 0 if sprites is None else sprites.shape[0])
+    pixels = render(sets, SIZE, "cpu", sprites)[0]  # (K, 3, S, S)
+    return {
+        "key": f"open-{split}-{index:07d}",
+        "images": to_pil(pixels),
+        "meta": {"caption": caption_text(sets, 0), "seeds": {"set": set_seed(split, index, seed)},
+                 "settings": {"source": "open", "split": split, "size": SIZE}},
+    }  # fmt: skip
+
+
+class OpenBatches:
+    """Endless training batches of open sets, rendered on the training device.
+
+    Batch i of rank r holds sets (i * world + r) * B ... + B - 1 with one set length K drawn from
+    (seed, i): a resume at step i continues with exactly the batches it would have seen. On a CPU
+    the next batch is rendered in a thread while the current one trains (torch ops release the GIL).
+    """
+
+    def __init__(self, split: str, batch_sets: int, min_k: int, max_k: int, device, rank: int = 0,
+                 world: int = 1, seed: int = 0, size: int = SIZE, sprites: Tensor | None = None):  # fmt: skip
+        if not 1 <= min_k <= max_k <= MAX_SET:
+            raise ValueError(f"open sets: need 1 <= min_k <= max_k <= {MAX_SET}, got {min_k}, {max_k}")
+        self.sets = OpenSets(split, seed, size, None if sprites is None else sprites.to(device))
+        self.b, self.min_k, self.max_k, self.device = batch_sets, min_k, max_k, torch.device(device)
+        self.rank, self.world, self.seed = rank, world, seed
+
+    def batch(self, i: int) -> dict[str, Tensor]:
+        k = int(
+            torch.randint(self.min_k, self.max_k + 1, (), generator=torch.Generator().manual_seed(self.seed * 7919 + i))
+        )
+        first = (i * self.world + self.rank) * self.b
+        return {"pixels": self.sets.batch(list(range(first, first + self.b)), k, self.device)}  # (B, K, 3, S, S)
+
+    def iterate(self, start: int) -> Iterator[dict[str, Tensor]]:
+        if self.device.type != "cpu":
+            yield from map(self.batch, itertools.count(start))
+            return
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(self.batch, start)
+            for i in itertools.count(start + 1):
+                ready, ahead = ahead.result(), pool.submit(self.batch, i)
+                yield ready
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import functools
+
+    from train.shards import write_shards_cli
+    from train.sprites import load_sprites
+
+    split = argparse.ArgumentParser(add_help=False)
+    split.add_argument("--split", default="train")  # parsed first: it picks the drawings
+    record = functools.partial(set_record, sprites=load_sprites(split.parse_known_args(argv)[0].split))
+    write_shards_cli(__doc__, record, "sets", 10000, 500, argv, set_size=8, splits=tuple(SPLITS))
+
+
+if __name__ == "__main__":
+    main()
