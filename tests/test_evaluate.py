@@ -1,5 +1,6 @@
 """Evaluation: the metrics behave (truth near the ceiling, shuffled sets near chance), both code paths run."""
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,10 @@ from torch import nn
 
 from m2m.presets import build_pipeline
 from train import synth
-from train.evaluate import GROUPS, evaluate, frechet_distance, load_sets, probe_metrics, table
+from train.evaluate import GROUPS, evaluate, frechet_distance, load_sets, probe_metrics, set_scores, table
 from train.probes import Probe
+from train.set_embedder import SetEmbedder
+from train.set_metrics import SetMetrics
 
 PROBES = Path(__file__).resolve().parents[1] / "checkpoints" / "probes"
 
@@ -59,10 +62,24 @@ def test_evaluate_runs_end_to_end(micro, probe, heldout):
     pipe = build_pipeline(micro, "self")
     pipe.set_progress_bar_config(disable=True)
     reference = [img for s in heldout[2:6] for img in s["images"][:2]]
-    results = evaluate(pipe, probe, heldout[:2], reference, [1, 2], 2, 2, 3.0, 0)
+    results = evaluate(pipe, functools.partial(probe_metrics, probe), heldout[:2], reference, [1, 2], 2, 2, 3.0, 0)
     assert set(results) == {1, 2} and set(results[1]) == set(GROUPS)
     assert all(np.isfinite(v) for g in results[1].values() for k, v in g.items() if not k.startswith("drift"))
     assert "| 2 | truth |" in table(results)
+
+
+def test_evaluate_with_label_free_set_metrics(micro):
+    """Open sets, scored by retrieval among their own contexts: the truth's colours are its own set's."""
+    pipe = build_pipeline(micro, "self")
+    pipe.set_progress_bar_config(disable=True)
+    sets = load_sets("open:heldout", 4, 4)
+    score = functools.partial(set_scores, SetMetrics(SetEmbedder(), group=4))
+    results = evaluate(pipe, score, sets, [], [2], 2, 2, 3.0, 0)
+    truth = results[2]["truth"]
+    assert truth["colour_retrieval"] == 1.0
+    assert all(0.0 <= results[2][g]["shape_retrieval"] <= 1.0 for g in GROUPS)  # an untrained embedder here
+    assert len(results[2]["model"]["drift_colour"]) == 2
+    assert {"colour_retrieval", "shape_retrieval", "similarity"} <= set(results[2]["round-trip"])
 
 
 class TinyFeatures(nn.Module):

@@ -1,13 +1,19 @@
 """Measure a checkpoint on held-out sets: given the first c images, generate the next ones.
 
-    python -m train.evaluate --checkpoint checkpoints/m2m-self-tiny --contexts 1 2 4 8 --generate 4
+    python -m train.evaluate --checkpoint checkpoints/m2m-self-tiny --data open:heldout --contexts 1 2 4 8
+    python -m train.evaluate --checkpoint checkpoints/m2m-self-tiny --data folders:examples/zero-shot --sets 9
 
-Every number comes with its floor and its ceiling, side by side:
+Every number comes with its floor and its ceilings, side by side:
   model        the checkpoint, given the first c images of each set
   no-context   the same checkpoint with an empty context (the floor)
   truth        the set's real next images (the ceiling)
+  round-trip   the true next images through the checkpoint's autoencoder (the ceiling behind it)
 
-Offline metrics (no download), judged by the MIS-synth probes (train/train_probes.py):
+Label-free metrics (the default; train/set_metrics.py): own-set retrieval among 16 sets by colour
+histogram and by the set embedder's colour-free embedding, and similarity to the context in that
+embedding; `drift_*` is each retrieval at each position of the generated sequence.
+
+With `--metrics probes` (the default for synth:), judged by the MIS-synth probes (train/train_probes.py):
 content / style consistency (share of images whose predicted class / style is the context's),
 image-image similarity (cosine in probe feature space, against the context), and a Fréchet
 distance in probe feature space against real held-out images. `drift` is the consistency at
@@ -18,6 +24,7 @@ text-image and image-image CLIP (torchmetrics + a CLIP model, when their weights
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import warnings
@@ -29,12 +36,13 @@ from PIL import Image
 from scipy import linalg
 from tqdm import tqdm
 
-from m2m.images import to_model_size, to_tensor
+from m2m.images import to_model_size, to_pil, to_tensor
 from m2m.pipeline import M2MPipeline, load_pipeline
 from train.data import SetDataset
 from train.probes import Probe
+from train.set_metrics import DEFAULT_EMBEDDER, SetMetrics
 
-GROUPS = ("model", "no-context", "truth")
+GROUPS = ("model", "no-context", "truth", "round-trip")
 
 
 def load_sets(source: str, n_sets: int, length: int, seed: int = 0, offset: int = 0) -> list[dict]:
@@ -86,9 +94,24 @@ def probe_metrics(probe: Probe, contexts: list[list], outputs: list[list], refer
     }
 
 
+@torch.no_grad()
+def round_trip(pipe: M2MPipeline, images: list[Image.Image]) -> list[Image.Image]:
+    """The images through the pipeline's autoencoder (posterior mean): what a perfect diffusion model could give."""
+    pixels = to_tensor([to_model_size(img, pipe.vae.config.sample_size) for img in images]).to(
+        pipe.vae.device, pipe.vae.dtype
+    )
+    decoded = pipe.vae.decode(pipe.vae.encode(pixels).latent_dist.mode()).sample.clamp(-1, 1)
+    return to_pil(decoded.float().cpu())
+
+
+def set_scores(metrics: SetMetrics, contexts: list[list], outputs: list[list], reference: list) -> dict:
+    """Label-free: colour and shape own-set retrieval, similarity, and both retrievals per position (drift)."""
+    return {**metrics(contexts, outputs), **metrics.per_position(contexts, outputs)}
+
+
 def generate(pipe: M2MPipeline, sets: list[dict], c: int, n_gen: int, steps: int, guidance: float, seed: int,
              floors: dict | None = None):  # fmt: skip
-    """Per set: (context, model's next images, no-context images, true next images).
+    """Per set: (context, model's next images, no-context images, true next images, their autoencoder round trip).
 
     The no-context images of set i depend on its seed alone, so `floors` keeps them across context sizes.
     """
@@ -99,11 +122,12 @@ def generate(pipe: M2MPipeline, sets: list[dict], c: int, n_gen: int, steps: int
         model = pipe(ctx, **kw).images
         if i not in floors:
             floors[i] = pipe([], **kw).images
-        rows.append((ctx, model, floors[i], truth))
+        rows.append((ctx, model, floors[i], truth, round_trip(pipe, truth)))
     return rows
 
 
-def evaluate(pipe, probe, sets, reference, contexts, n_gen, steps, guidance, seed, paper=None) -> dict:
+def evaluate(pipe, score, sets, reference, contexts, n_gen, steps, guidance, seed, paper=None) -> dict:
+    """`score(contexts, outputs, reference) -> dict` for each context size and group."""
     results, floors = {}, {}
     for c in contexts:
         rows = generate(pipe, sets, c, n_gen, steps, guidance, seed, floors)
@@ -111,7 +135,7 @@ def evaluate(pipe, probe, sets, reference, contexts, n_gen, steps, guidance, see
         results[c] = {}
         for g, group in enumerate(GROUPS):
             outs = [r[1 + g] for r in rows]
-            results[c][group] = probe_metrics(probe, ctxs, outs, reference)
+            results[c][group] = score(ctxs, outs, reference)
             if paper is not None:
                 results[c][group].update(paper(ctxs, outs, [s["meta"].get("caption", "") for s in sets], reference))
     return results
@@ -130,7 +154,20 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--probes", default="checkpoints/probes")
-    p.add_argument("--source", default="synth:heldout", help="synth:heldout or a shard directory/glob")
+    p.add_argument(
+        "--data",
+        "--source",
+        dest="source",
+        default="open:heldout",
+        help="open:heldout, open:hard, synth:heldout, folders:DIR or a shard directory/glob",
+    )
+    p.add_argument(
+        "--metrics",
+        choices=["sets", "probes"],
+        default=None,
+        help="sets: label-free retrieval (default); probes: MIS-synth's classifiers (default for synth:)",
+    )
+    p.add_argument("--embedder", default=str(DEFAULT_EMBEDDER), help="the set embedder for --metrics sets")
     p.add_argument("--sets", type=int, default=50)
     p.add_argument("--contexts", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--generate", type=int, default=4, help="images generated per set (the paper: 10)")
@@ -142,7 +179,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="JSON results (default: runs/eval-<checkpoint>.json)")
     args = p.parse_args(argv)
 
-    pipe, probe = load_pipeline(args.checkpoint), Probe.load(args.probes)
+    pipe = load_pipeline(args.checkpoint)
+    kind = args.metrics or ("probes" if args.source.startswith("synth:") else "sets")
+    if kind == "probes":
+        score = functools.partial(probe_metrics, Probe.load(args.probes))
+    else:
+        score = functools.partial(set_scores, SetMetrics.load(args.embedder, min(16, args.sets)))
     pipe.set_progress_bar_config(disable=True)
     length = max(args.contexts) + args.generate
     sets = load_sets(args.source, args.sets, length, args.seed)
@@ -153,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         from train.paper_metrics import PaperMetrics
 
         paper = PaperMetrics.from_pretrained(args.clip_model)
-    results = evaluate(pipe, probe, sets, reference, args.contexts, args.generate, args.steps, args.guidance,
+    results = evaluate(pipe, score, sets, reference, args.contexts, args.generate, args.steps, args.guidance,
                        args.seed, paper)  # fmt: skip
     print(table(results))
     out = Path(args.out or f"runs/eval-{Path(args.checkpoint).name}.json")

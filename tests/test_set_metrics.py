@@ -1,0 +1,73 @@
+"""Label-free set metrics: the truth scores near 1, images from other sets near chance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from m2m.images import to_pil
+from train.open_sets import OpenSets
+from train.set_embedder import SetEmbedder, colour_free, info_nce, random_view
+from train.set_metrics import DEFAULT_EMBEDDER, SetMetrics, colour_histograms, own_set_retrieval
+
+GROUP = 16
+
+
+@pytest.fixture(scope="module")
+def open_sets() -> tuple[list[list], list[list]]:
+    """32 held-out open sets: 3 context images and the 2 true next ones of each."""
+    x = OpenSets("heldout", seed=5).batch(list(range(2 * GROUP)), 5)
+    sets = [to_pil(s) for s in x]
+    return [s[:3] for s in sets], [s[3:] for s in sets]
+
+
+def shuffled(outputs: list[list]) -> list[list]:
+    return outputs[1:] + outputs[:1]  # every set gets another set's images
+
+
+def test_retrieval_counts_own_set_hits_in_groups():
+    ctx = torch.eye(GROUP)[:, None].expand(-1, 2, -1)  # (S, C, D): set i points along axis i
+    assert own_set_retrieval(ctx[:, :1], ctx, GROUP) == 1.0
+    assert own_set_retrieval(ctx.roll(1, 0)[:, :1], ctx, GROUP) == 0.0
+    with pytest.raises(ValueError, match="at least 16 sets"):
+        own_set_retrieval(ctx[:4], ctx[:4], GROUP)
+
+
+def test_colour_histograms_are_unit_vectors_that_tell_colours_apart():
+    red, blue = torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)
+    red[:, 0], blue[:, 2] = 1.0, 1.0
+    h = colour_histograms(torch.cat([red, blue, red]))
+    assert torch.allclose(h.norm(dim=1), torch.ones(3))
+    assert h[0] @ h[2] > 0.99 and h[0] @ h[1] < 0.01
+
+
+def test_colour_retrieval_of_the_truth_is_high_and_of_other_sets_near_chance(open_sets):
+    contexts, truth = open_sets
+    metrics = SetMetrics(SetEmbedder(), GROUP)  # colour needs no trained weights
+    assert metrics(contexts, truth)["colour_retrieval"] >= 0.95
+    assert metrics(contexts, shuffled(truth))["colour_retrieval"] <= 0.15
+
+
+@pytest.mark.skipif(not Path(DEFAULT_EMBEDDER).exists(), reason="no shipped set embedder")
+def test_shipped_embedder_retrieves_the_truth_and_not_other_sets(open_sets):
+    contexts, truth = open_sets
+    metrics = SetMetrics.load(DEFAULT_EMBEDDER, GROUP)
+    right, wrong = metrics(contexts, truth), metrics(contexts, shuffled(truth))
+    assert right["shape_retrieval"] >= 0.95
+    assert wrong["shape_retrieval"] <= 0.2
+    assert right["similarity"] > wrong["similarity"]
+
+
+def test_the_embedder_view_has_no_colour():
+    x = OpenSets("train").batch([0, 1], 1)[:, 0]  # (2, 3, H, W)
+    swapped = x[:, [2, 0, 1]]  # the same images in other colours
+    equal_weights = torch.full((2, 3), 1 / 3)
+    assert torch.allclose(colour_free(x, equal_weights), colour_free(swapped, equal_weights), atol=1e-5)
+    assert random_view(x, torch.Generator().manual_seed(0)).shape == (2, 2, 128, 128)
+
+
+def test_info_nce_prefers_matching_views():
+    a = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    assert info_nce(a, a) < info_nce(a, a.roll(1, 0))
