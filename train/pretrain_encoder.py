@@ -19,6 +19,7 @@ import argparse
 import copy
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -31,6 +32,8 @@ from m2m.encoders import dino_inputs
 from m2m.presets import get_preset
 from m2m.sets import atomic_folder
 from train.data import make_loader
+from train.open_sets import OpenBatches
+from train.sprites import load_sprites
 
 
 class DinoHead(nn.Module):
@@ -88,7 +91,10 @@ def dino_loss(student: list[Tensor], teacher: list[Tensor], center: Tensor, t_st
 @torch.no_grad()
 def features(backbone: Dinov2Model, pixels: Tensor, size: int) -> Tensor:
     backbone.eval()
-    out = torch.cat([backbone(pixel_values=dino_inputs(c, size)).pooler_output for c in pixels.split(128)])
+    dev = backbone.device
+    out = torch.cat(
+        [backbone(pixel_values=dino_inputs(c.to(dev), size)).pooler_output.cpu() for c in pixels.split(128)]
+    )
     backbone.train()
     return F.normalize(out, dim=-1)  # (N, D)
 
@@ -101,15 +107,30 @@ def knn_accuracy(bank: Tensor, bank_labels: Tensor, query: Tensor, labels: Tenso
 
 
 def labelled(source: str, n_sets: int, size: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Images of n_sets sets of 4 with their content and style labels; open sets label each image by its set."""
     batches = list(make_loader(source, 16, 4, 4, size, 0, n_sets=n_sets, shuffle=False, seed=seed))
     pixels = torch.cat([b["pixels"].flatten(0, 1) for b in batches])  # (4*n_sets, 3, H, W)
     content = torch.cat([b["content"].repeat_interleave(4) for b in batches])
     style = torch.cat([b["style"].repeat_interleave(4) for b in batches])
+    if bool((content < 0).all()):  # no labels: the set is the class
+        content = style = torch.arange(len(pixels)) // 4
     return pixels, content, style
 
 
+def set_retrieval(feats: Tensor, sets: Tensor) -> float:
+    """Leave-one-out: share of images whose nearest other image (cosine) is of their own set."""
+    sim = feats @ feats.T
+    sim.fill_diagonal_(-2)
+    return float((sets[sim.argmax(1)] == sets).float().mean())
+
+
 def evaluate(backbone: Dinov2Model, bank, queries: dict, size: int) -> dict[str, float]:
-    """k-NN accuracy of content and style for each query set (held-out combinations, and seen ones)."""
+    """k-NN accuracy of content and style for each query set (held-out combinations, and seen ones);
+    for unlabelled (open) sets, own-set retrieval of each query image among the other query images."""
+    if bool((bank[1] == bank[2]).all()):
+        return {
+            f"set_retrieval{name}": set_retrieval(features(backbone, q[0], size), q[1]) for name, q in queries.items()
+        }
     fb = features(backbone, bank[0], size)
     out = {}
     for name, query in queries.items():
@@ -141,6 +162,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-sets", type=int, default=50, help="held-out sets of 4 images (and as many train sets)")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="synth:train", help="synth:train or open:train (rendered on --device)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this long")
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -149,22 +173,24 @@ def main(argv: list[str] | None = None) -> dict:
     size = preset.image_encoder_size
     student = Student(Dinov2Model(Dinov2Config(**preset.image_encoder)), DinoHead(preset.image_encoder["hidden_size"]))
     teacher = copy.deepcopy(student).requires_grad_(False)
-    center = torch.zeros(1, student.head.last.out_features)
+    student.to(args.device)
+    teacher.to(args.device)
+    center = torch.zeros(1, student.head.last.out_features, device=args.device)
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.04)
     warmup = max(1, args.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warmup) * cosine(s, args.steps, 1, 0.01))
-    bank = labelled("synth:train", args.eval_sets, preset.vae["sample_size"], args.seed + 1000)
-    queries = {  # held-out class-style combinations, and other sets of the seen ones
-        "": labelled("synth:heldout", args.eval_sets, preset.vae["sample_size"], args.seed + 1),
-        "_seen": labelled("synth:train", args.eval_sets, preset.vae["sample_size"], args.seed + 2000),
+    kind = args.data.partition(":")[0]
+    bank = labelled(f"{kind}:train", args.eval_sets, preset.vae["sample_size"], args.seed + 1000)
+    queries = {  # held-out class-style combinations (open: held-out sets), and other sets of the seen ones
+        "": labelled(f"{kind}:heldout", args.eval_sets, preset.vae["sample_size"], args.seed + 1),
+        "_seen": labelled(f"{kind}:train", args.eval_sets, preset.vae["sample_size"], args.seed + 2000),
     }
     before = evaluate(teacher.backbone, bank, queries, size)
     tqdm.write(f"random init: {before}")
     res = preset.vae["sample_size"]
-    loader = make_loader("synth:train", args.batch_sets, 4, 4, res, 0, n_sets=10**7, seed=args.seed)
-    out, stream = Path(args.out), iter(loader)
+    out, stream, started = Path(args.out), training_sets(args, res), time.monotonic()
     for step in (bar := tqdm(range(1, args.steps + 1), desc="encoder")):
-        pixels = next(stream)["pixels"].flatten(0, 1)  # (N, 3, H, W) in [-1, 1]
+        pixels = next(stream)["pixels"].flatten(0, 1).to(args.device)  # (N, 3, H, W) in [-1, 1]
         n = pixels.shape[0]
         glob = dino_inputs(random_crops(pixels, 2, size, (0.35, 1.0), gen), size)  # (2N, 3, s, s)
         local = dino_inputs(random_crops(pixels, args.local_crops, size // 2, (0.08, 0.35), gen), size // 2)
@@ -183,13 +209,26 @@ def main(argv: list[str] | None = None) -> dict:
                 pt.mul_(m).add_(ps.detach(), alpha=1 - m)
             center.mul_(0.9).add_(torch.cat(t_out).mean(0, keepdim=True), alpha=0.1)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        if step % args.save_every == 0 or step == args.steps:
+        late = args.minutes is not None and time.monotonic() - started > 60 * args.minutes
+        if step % args.save_every == 0 or step == args.steps or late:
             metrics = {"step": step, **evaluate(teacher.backbone, bank, queries, size), "random_init": before,
                        "command": vars(args)}  # fmt: skip
             save(teacher.backbone, out, metrics)
-            tqdm.write(f"step {step}: loss {loss.item():.3f}, k-NN held-out content {metrics['knn_content']:.3f}, "
-                       f"style {metrics['knn_style']:.3f}")  # fmt: skip
+            tqdm.write(f"step {step}: loss {loss.item():.3f}, {metrics}")
+        if late:
+            break
     return metrics
+
+
+def training_sets(args: argparse.Namespace, res: int):
+    """Endless batches of sets of 4: open sets rendered on the device, else from the loader."""
+    if args.data.startswith("open:"):
+        split = args.data.partition(":")[2]
+        batches = OpenBatches(
+            split, args.batch_sets, 4, 4, args.device, seed=args.seed, size=res, sprites=load_sprites(split)
+        )
+        return batches.iterate(0)
+    return iter(make_loader(args.data, args.batch_sets, 4, 4, res, 0, n_sets=10**7, seed=args.seed))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import dataclasses
 import math
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,8 @@ from m2m.pipeline import M2MPipeline, load_pipeline
 from m2m.presets import build_pipeline, from_hub, get_preset
 from m2m.sets import atomic_folder, contact_sheet, stack_rows
 from train.data import make_loader
+from train.open_sets import OpenBatches
+from train.sprites import load_sprites
 
 
 @dataclass
@@ -52,11 +54,13 @@ class TrainConfig:
     preset: str = "tiny"
     variant: str = "self"
     out: str = "runs/m2m"
-    data: str = "synth:train"  # shards (dir, glob) or synth:train
+    data: str = "synth:train"  # shards (dir, glob), synth:train, open:train (rendered on the device), ...
+    sprites: str | None = None  # open sets: the drawings' atlas (train/sprites.py); default data/sprites.npz
     val_data: str | None = "synth:heldout"  # held-out sets for the with/without-context loss
     init: str | None = None  # an M2M pipeline folder to start from (fine-tuning); else the preset's start
     vae: str | None = None  # tiny: a trained AutoencoderKL folder (train/train_autoencoder.py)
     image_encoder: str | None = None  # tiny M2M-DINO: a pretrained Dinov2Model folder (train/pretrain_encoder.py)
+    context_tokens: int | None = None  # M2M-Self: context tokens per image and ISA layer (default: the preset's)
     steps: int = 3000
     batch_sets: int = 8
     min_k: int = 2
@@ -129,6 +133,8 @@ def build_start(cfg: TrainConfig) -> M2MPipeline:
             raise ValueError(f"--init {cfg.init} is an M2M-{pipe.variant} model, not {cfg.variant}")
         return pipe
     preset = get_preset(cfg.preset)
+    if cfg.context_tokens is not None:
+        preset = preset.replace(max_context_tokens=cfg.context_tokens)
     if preset.hub_id is not None:
         return from_hub(preset, cfg.variant)
     pipe = build_pipeline(preset, cfg.variant, seed=cfg.seed)
@@ -288,6 +294,9 @@ def train(cfg: TrainConfig) -> dict:
     res = vae.config.sample_size
 
     def batches():
+        if cfg.data.startswith("open:"):  # rendered on the training device, no loader: training never waits for data
+            yield from open_batches(cfg, accelerator, res).iterate(progress.step)
+            return
         while True:
             loader = make_loader(cfg.data, cfg.batch_sets, cfg.min_k, cfg.max_k, res, cfg.workers, cfg.n_sets,
                                  accelerator.process_index, accelerator.num_processes, seed=cfg.seed)  # fmt: skip
@@ -304,7 +313,8 @@ def train(cfg: TrainConfig) -> dict:
         if progress.step >= cfg.steps:
             break
         pixels = batch["pixels"].to(accelerator.device)  # (B, K, 3, H, W)
-        latents = to_latents(vae, pixels.to(vae.dtype))  # (B, K, 4, h, w)
+        with accelerator.autocast() if pixels.is_cuda else nullcontext():  # bf16 encode on a GPU
+            latents = to_latents(vae, pixels.to(vae.dtype))  # (B, K, 4, h, w)
         with accelerator.autocast():
             loss = model(latents, pixels if cfg.variant == "dino" else None).mean()
         accelerator.backward(loss)
@@ -328,6 +338,12 @@ def train(cfg: TrainConfig) -> dict:
         finish_checkpoint(cfg, accelerator, out, ema, params, pipe, progress.step)
     accelerator.end_training()
     return {"step": progress.step, **last}
+
+
+def open_batches(cfg: TrainConfig, accelerator: Accelerator, res: int) -> OpenBatches:
+    split = cfg.data.partition(":")[2]
+    return OpenBatches(split, cfg.batch_sets, cfg.min_k, cfg.max_k, accelerator.device, accelerator.process_index,
+                       accelerator.num_processes, cfg.seed, res, load_sprites(split, cfg.sprites))  # fmt: skip
 
 
 def out_of_time(accelerator: Accelerator, t0: float, minutes: float) -> bool:
@@ -388,7 +404,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         if field.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
-            kind = {"int": int, "float": float, "float | None": float}.get(field.type, str)
+            kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(field.type, str)
             p.add_argument(flag, type=kind, default=None)
     args = vars(p.parse_args(argv))
     base = TRAIN_PRESETS[args.pop("preset")]
