@@ -84,10 +84,10 @@ def test_the_loader_reads_open_splits_and_names_them_when_wrong():
 
 def test_training_batches_resume_exactly():
     data = OpenBatches("train", 2, 2, 5, "cpu", seed=3)
-    first = list(zip(range(3), data.iterate(0), strict=False))
+    first = list(zip(range(8), data.iterate(0), strict=False))
     again = next(OpenBatches("train", 2, 2, 5, "cpu", seed=3).iterate(2))
     assert torch.equal(first[2][1]["pixels"], again["pixels"])
-    assert len({b["pixels"].shape[1] for _, b in first}) >= 1
+    assert len({b["pixels"].shape[1] for _, b in first}) >= 2  # one K per batch, drawn anew
     with pytest.raises(ValueError, match="min_k"):
         OpenBatches("train", 2, 3, 2, "cpu")
 
@@ -134,3 +134,12 @@ def test_throughput_bench_splits_a_step_into_its_parts():
     row = next(line for line in out.splitlines() if line.startswith("| dino |")).split("|")
     share = float(row[4].strip().rstrip("%"))
     assert float(row[2]) > 0 and 0 < share < 100  # images/s, and the share of the step outside the UNet
+
+
+def test_a_set_does_not_depend_on_the_drawings_atlas():
+    without, with_atlas = draw_sets("train", list(range(60)), 2), draw_sets("train", list(range(60)), 2, n_sprites=7)
+    drawings = with_atlas["sprite"] >= 0
+    assert bool(drawings.any()) and bool((without["sprite"] < 0).all())
+    for key in ("palette", "bg", "background", "rendering", "lay_centre", "lay_size"):
+        assert torch.equal(without[key], with_atlas[key])
+    assert torch.equal(without["family"][~drawings], with_atlas["family"][~drawings])

@@ -31,7 +31,7 @@ def test_retrieval_counts_own_set_hits_in_groups():
     ctx = torch.eye(GROUP)[:, None].expand(-1, 2, -1)  # (S, C, D): set i points along axis i
     assert own_set_retrieval(ctx[:, :1], ctx, GROUP) == 1.0
     assert own_set_retrieval(ctx.roll(1, 0)[:, :1], ctx, GROUP) == 0.0
-    with pytest.raises(ValueError, match="at least 16 sets"):
+    with pytest.raises(ValueError, match="not a multiple of 16"):
         own_set_retrieval(ctx[:4], ctx[:4], GROUP)
 
 

@@ -179,8 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="JSON results (default: runs/eval-<checkpoint>.json)")
     args = p.parse_args(argv)
 
-    pipe = load_pipeline(args.checkpoint)
     kind = args.metrics or ("probes" if args.source.startswith("synth:") else "sets")
+    if kind == "sets" and args.sets > 16 and args.sets % 16:
+        p.error(f"--sets {args.sets}: set metrics score sets 16 at a time; give a multiple of 16 (or at most 16)")
+    pipe = load_pipeline(args.checkpoint)
     if kind == "probes":
         score = functools.partial(probe_metrics, Probe.load(args.probes))
     else:

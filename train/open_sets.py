@@ -176,14 +176,18 @@ FAMILY_SHAPES = {
 
 
 def draw_caption(d: Draw, split: str, n_sprites: int) -> dict[str, Tensor]:
-    """Everything a set shares: shape or drawing, colours, background and rendering."""
+    """Everything a set shares: shape or drawing, colours, background and rendering.
+
+    The draws do not depend on the atlas: without one, a drawing's set takes the split's first shape family, and the
+    sprite is picked by a uniform draw scaled to the atlas, so every other parameter stays the same.
+    """
     families = [f for f in FAMILIES if (f in HARD_FAMILIES) == (split == "hard") or f == "drawing"]
-    if n_sprites == 0:
-        families.remove("drawing")
-    family = d.choice(families)
+    family, pick = d.choice(families), float(d.uniform(0, 1))
+    if family == "drawing" and n_sprites == 0:
+        family = families[0]  # the split's first shape family
     return {
         "family": torch.tensor(FAMILIES.index(family)),
-        "sprite": d.integers(0, max(n_sprites - 1, 0))[0] if family == "drawing" else torch.tensor(-1),
+        "sprite": torch.tensor(min(int(pick * n_sprites), n_sprites - 1) if family == "drawing" else -1),
         "sprite_mode": d.choice((0, 0, 1, 2)) * torch.ones((), dtype=torch.long),
         **{f"prim_{k}": v for k, v in draw_primitives(d, family).items()},
         **draw_colours(d, split),
@@ -352,9 +356,10 @@ def shape_layers(cap: dict, lay: dict, local: Tensor, m: int, pixel: float) -> l
     colour = base[..., None, None].expand(-1, -1, *local.shape[1:3])
     r = cap["rendering"][:, None, None, None]
     u = rotate(local, cap["pat_angle"])[..., 0]  # (N, S, S)
+    lattice_per_unit = cap["pat_freq"][:, None, None] / (4 * lay["size"][:, m, None, None])  # dot cells per image unit
     pattern = torch.where(cap["pattern"][:, None, None] == 0, stripes(u, cap["pat_freq"][:, None, None]),
                           coverage(0.3 - (torch.remainder(local * cap["pat_freq"][:, None, None, None] / 4, 1) - 0.5)
-                                   .norm(dim=-1), pixel * cap["pat_freq"][:, None, None]))  # fmt: skip
+                                   .norm(dim=-1), pixel * lattice_per_unit))  # fmt: skip
     patterned = torch.lerp(colour, cap["accent"][..., None, None] + lay["jitter"][..., None, None], pattern[:, None])
     light = torch.stack([torch.cos(cap["light"]), torch.sin(cap["light"])], -1)  # (N, 2)
     shade = (0.75 + 0.45 * (local * light[:, None, None]).sum(-1)).clamp(0.3, 1.3)[:, None]  # (N, 1, S, S)

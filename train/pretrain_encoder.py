@@ -151,7 +151,7 @@ def cosine(step: int, total: int, start: float, end: float) -> float:
     return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1)))
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/dino-tiny")
     p.add_argument("--preset", default="tiny")
@@ -165,8 +165,31 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", default="synth:train", help="synth:train or open:train (rendered on --device)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this long")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def probe_sets(data: str, n_sets: int, res: int, seed: int) -> tuple[tuple, dict]:
+    """The k-NN bank, and the queries: held-out class-style combinations (open: held-out sets), other seen sets."""
+    kind = data.partition(":")[0]
+    bank = labelled(f"{kind}:train", n_sets, res, seed + 1000)
+    queries = {
+        "": labelled(f"{kind}:heldout", n_sets, res, seed + 1),
+        "_seen": labelled(f"{kind}:train", n_sets, res, seed + 2000),
+    }
+    return bank, queries
+
+
+@torch.no_grad()
+def update_teacher(student: Student, teacher: Student, center: Tensor, t_out: tuple, step: int, steps: int) -> None:
+    """Momentum teacher and output centre (Caron et al. 2021)."""
+    m = cosine(step, steps, 0.996, 1.0)
+    for ps, pt in zip(student.parameters(), teacher.parameters(), strict=True):
+        pt.mul_(m).add_(ps.detach(), alpha=1 - m)
+    center.mul_(0.9).add_(torch.cat(t_out).mean(0, keepdim=True), alpha=0.1)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     preset = get_preset(args.preset)
@@ -179,12 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.04)
     warmup = max(1, args.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warmup) * cosine(s, args.steps, 1, 0.01))
-    kind = args.data.partition(":")[0]
-    bank = labelled(f"{kind}:train", args.eval_sets, preset.vae["sample_size"], args.seed + 1000)
-    queries = {  # held-out class-style combinations (open: held-out sets), and other sets of the seen ones
-        "": labelled(f"{kind}:heldout", args.eval_sets, preset.vae["sample_size"], args.seed + 1),
-        "_seen": labelled(f"{kind}:train", args.eval_sets, preset.vae["sample_size"], args.seed + 2000),
-    }
+    bank, queries = probe_sets(args.data, args.eval_sets, preset.vae["sample_size"], args.seed)
     before = evaluate(teacher.backbone, bank, queries, size)
     tqdm.write(f"random init: {before}")
     res = preset.vae["sample_size"]
@@ -203,11 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
         nn.utils.clip_grad_norm_(student.parameters(), 3.0)
         opt.step()
         sched.step()
-        with torch.no_grad():  # momentum teacher and output centre
-            m = cosine(step, args.steps, 0.996, 1.0)
-            for ps, pt in zip(student.parameters(), teacher.parameters(), strict=True):
-                pt.mul_(m).add_(ps.detach(), alpha=1 - m)
-            center.mul_(0.9).add_(torch.cat(t_out).mean(0, keepdim=True), alpha=0.1)
+        update_teacher(student, teacher, center, t_out, step, args.steps)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         late = args.minutes is not None and time.monotonic() - started > 60 * args.minutes
         if step % args.save_every == 0 or step == args.steps or late:

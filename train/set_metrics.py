@@ -49,12 +49,14 @@ def colour_histograms(pixels: Tensor) -> Tensor:
 def own_set_retrieval(generated: Tensor, context: Tensor, group: int = 16) -> float:
     """Share of generated images (S, G, D) nearest to their own set's context mean (S, C, D), `group` sets at a time."""
     s = generated.shape[0]
+    if s % group:
+        raise ValueError(f"own-set retrieval scores sets {group} at a time: got {s} sets, not a multiple of {group}")
     hits = []
     for start in range(0, s - group + 1, group):
         gen, ctx = generated[start : start + group], context[start : start + group]
         protos = F.normalize(ctx.mean(1), dim=1)  # (group, D)
         nearest = (gen @ protos.T).argmax(-1)  # (group, G)
-        hits.append((nearest == torch.arange(group)[:, None]).float())
+        hits.append((nearest == torch.arange(group, device=gen.device)[:, None]).float().cpu())
     if not hits:
         raise ValueError(f"own-set retrieval needs at least {group} sets, got {s}")
     return float(torch.cat(hits).mean())

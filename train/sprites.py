@@ -2,8 +2,8 @@
 
 Both come from Debian, offline and public domain / OFL:
 
-    apt-get install openclipart-png fonts-noto-color-emoji    # ~7,600 drawings, ~3,600 emoji
-    python -m train.sprites --out data/sprites.npz            # the atlas (a few minutes)
+    apt-get install openclipart-png fonts-noto-color-emoji    # 8,121 drawings; the font's emoji
+    python -m train.sprites --out data/sprites.npz            # 7,184 + 1,285 sprites (4 min here)
 
 A sprite is the drawing cropped to its opaque part, centred on a transparent square and resized,
 stored with premultiplied alpha (so that warping it mixes colours correctly). A tenth of the

@@ -128,6 +128,8 @@ class Progress:
 def build_start(cfg: TrainConfig) -> M2MPipeline:
     """The starting weights: an M2M pipeline (fine-tune), SD-2.1-base from the hub, or the tiny preset."""
     if cfg.init is not None:
+        if cfg.context_tokens is not None:
+            raise ValueError("--context-tokens sets up a new model; --init keeps the tokens of the model it loads")
         pipe = load_pipeline(cfg.init)
         if pipe.variant != cfg.variant:
             raise ValueError(f"--init {cfg.init} is an M2M-{pipe.variant} model, not {cfg.variant}")
@@ -314,7 +316,7 @@ def train(cfg: TrainConfig) -> dict:
             break
         pixels = batch["pixels"].to(accelerator.device)  # (B, K, 3, H, W)
         with accelerator.autocast() if pixels.is_cuda else nullcontext():  # bf16 encode on a GPU
-            latents = to_latents(vae, pixels.to(vae.dtype))  # (B, K, 4, h, w)
+            latents = to_latents(vae, pixels.to(vae.dtype)).float()  # (B, K, 4, h, w); noised in fp32
         with accelerator.autocast():
             loss = model(latents, pixels if cfg.variant == "dino" else None).mean()
         accelerator.backward(loss)

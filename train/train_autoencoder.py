@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from m2m.presets import get_preset
@@ -113,7 +114,7 @@ def save(vae: AutoencoderKL, out: Path, metrics: dict) -> None:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/vae-tiny")
     p.add_argument("--preset", default="tiny")
@@ -133,22 +134,33 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-data", default=None, help="held-out sources (default: each source's held-out split)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast there)")
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this long")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def build(
+    args: argparse.Namespace,
+) -> tuple[AutoencoderKL, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The autoencoder (new or from --init), its optimiser and its warm-up-and-cosine schedule."""
     torch.manual_seed(args.seed)
     preset = get_preset(args.preset)
     vae = (AutoencoderKL.from_pretrained(args.init) if args.init else AutoencoderKL(**preset.vae)).train()
     vae.to(args.device)
-    autocast = torch.autocast("cuda", torch.bfloat16) if vae.device.type == "cuda" else nullcontext()
-    res = preset.vae["sample_size"]
     if args.decoder_only:
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
     opt = torch.optim.AdamW([q for q in vae.parameters() if q.requires_grad], lr=args.lr, weight_decay=0.0)
     warmup = min(200, args.steps // 10 + 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
+    schedule = LambdaLR(
         opt, lambda s: min(1, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1)))
     )
+    return vae, opt, schedule
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    vae, opt, schedule = build(args)
+    autocast = torch.autocast("cuda", torch.bfloat16) if vae.device.type == "cuda" else nullcontext()
+    res = vae.config.sample_size
     sources = args.data.split(",")
     evals = args.eval_data.split(",") if args.eval_data else sources
     held_out = {src: held_out_sets(src, args.eval_sets, res, args.seed + 1) for src in evals}
