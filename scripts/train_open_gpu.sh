@@ -9,6 +9,7 @@
 #   DEVICE=cpu PREP_MIN=0.3 BASE_MIN=0.5 TASK_MIN=0.3 BATCH=4 R=/tmp/dry bash scripts/train_open_gpu.sh  # a CPU dry run
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/gpu_common.sh
 PY=${PY:-.venv/bin/python}
 R=${R:-runs/open}
 DEVICE=${DEVICE:-cuda}
@@ -21,11 +22,6 @@ PRECISION=${PRECISION:-bf16}
 SPRITES=${SPRITES:-data/sprites.npz}  # python -m train.sprites (needs Debian's openclipart-png, fonts-noto-color-emoji)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
-wait_all() {  # the background jobs; fails (after all have ended) if one did
-    local failed=0
-    for pid in $(jobs -p); do wait "$pid" || failed=1; done
-    return $failed
-}
 
 prep() {
     mkdir -p "$R"
@@ -69,14 +65,7 @@ tasks() {
 }
 
 install() {
-    for v in self dino; do
-        rm -rf "checkpoints/m2m-$v-tiny" && cp -r "$R/m2m-$v-tiny/pipeline" "checkpoints/m2m-$v-tiny"
-        for task in nvs procedure; do
-            dst="checkpoints/m2m-$v-tiny-$task"
-            rm -rf "$dst" && cp -r "$R/m2m-$v-tiny-$task/pipeline" "$dst"
-            $PY -c "import sys; from m2m.adapters import rebase; rebase(*sys.argv[1:])" "$dst" "checkpoints/m2m-$v-tiny"
-        done
-    done
+    install_models
     rm -rf checkpoints/set-embedder && cp -r "$R/set-embedder" checkpoints/set-embedder
     du -sh checkpoints/*
 }

@@ -10,6 +10,7 @@
 # The autoencoder (runs/vae-tiny-decoder) and the DINO encoder come first: train_tiny.sh makes them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/gpu_common.sh
 PY=${PY:-.venv/bin/python}
 R=${R:-runs/gpu}
 MINUTES=${MINUTES:-5}            # each base run; both share the GPU
@@ -24,22 +25,10 @@ VAE=${VAE:-runs/vae-tiny-decoder}  # scripts/train_tiny.sh makes it (or runs/vae
 export OMP_NUM_THREADS=1
 
 install() {
-    for v in self dino; do
-        rm -rf "checkpoints/m2m-$v-tiny" && cp -r "$R/m2m-$v-tiny/pipeline" "checkpoints/m2m-$v-tiny"
-        for task in nvs procedure; do
-            dst="checkpoints/m2m-$v-tiny-$task"
-            rm -rf "$dst" && cp -r "$R/m2m-$v-tiny-$task/pipeline" "$dst"
-            $PY -c "import sys; from m2m.adapters import rebase; rebase(*sys.argv[1:])" "$dst" "checkpoints/m2m-$v-tiny"
-        done
-    done
+    install_models
     du -sh checkpoints/*
 }
 
-wait_all() {  # the background jobs; fails (after all have ended) if one did
-    local failed=0
-    for pid in $(jobs -p); do wait "$pid" || failed=1; done
-    return $failed
-}
 
 base() {
     mkdir -p "$R"

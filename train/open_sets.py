@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from m2m.images import to_pil
+from train.sprites import load_sprites
 
 SIZE = 128
 FAMILIES = ("polygon", "superellipse", "ring", "cross", "crescent", "curve", "union", "drawing")
@@ -490,6 +491,13 @@ class OpenBatches:
         self.b, self.min_k, self.max_k, self.device = batch_sets, min_k, max_k, torch.device(device)
         self.rank, self.world, self.seed = rank, world, seed
 
+    @classmethod
+    def from_source(cls, source: str, batch_sets: int, min_k: int, max_k: int, device, atlas: str | None = None,
+                    **kwargs) -> OpenBatches:  # fmt: skip
+        """`open:<split>` with that split's drawings (`train/sprites.py`; none without an atlas)."""
+        split = source.removeprefix("open:")
+        return cls(split, batch_sets, min_k, max_k, device, sprites=load_sprites(split, atlas), **kwargs)
+
     def batch(self, i: int) -> dict[str, Tensor]:
         k = int(
             torch.randint(self.min_k, self.max_k + 1, (), generator=torch.Generator().manual_seed(self.seed * 7919 + i))
@@ -513,7 +521,6 @@ def main(argv: list[str] | None = None) -> None:
     import functools
 
     from train.shards import write_shards_cli
-    from train.sprites import load_sprites
 
     split = argparse.ArgumentParser(add_help=False)
     split.add_argument("--split", default="train")  # parsed first: it picks the drawings

@@ -33,7 +33,6 @@ from m2m.presets import get_preset
 from m2m.sets import atomic_folder
 from train.data import make_loader
 from train.open_sets import OpenBatches
-from train.sprites import load_sprites
 
 
 class DinoHead(nn.Module):
@@ -237,11 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
 def training_sets(args: argparse.Namespace, res: int):
     """Endless batches of sets of 4: open sets rendered on the device, else from the loader."""
     if args.data.startswith("open:"):
-        split = args.data.partition(":")[2]
-        batches = OpenBatches(
-            split, args.batch_sets, 4, 4, args.device, seed=args.seed, size=res, sprites=load_sprites(split)
+        return OpenBatches.from_source(args.data, args.batch_sets, 4, 4, args.device, seed=args.seed, size=res).iterate(
+            0
         )
-        return batches.iterate(0)
     return iter(make_loader(args.data, args.batch_sets, 4, 4, res, 0, n_sets=10**7, seed=args.seed))
 
 

@@ -82,19 +82,14 @@ class SetMetrics:
         pixels = to_tensor([to_model_size(img, 128) for row in images for img in row])  # (S*n, 3, H, W)
         return colour_histograms(pixels).unflatten(0, (s, n)), self.embedder.embed(pixels).unflatten(0, (s, n))
 
-    def __call__(self, contexts: list[list[Image.Image]], outputs: list[list[Image.Image]]) -> dict[str, float]:
+    def __call__(self, contexts: list[list[Image.Image]], outputs: list[list[Image.Image]]) -> dict:
+        """Retrievals and similarity over all outputs, and both retrievals at each output position (drift)."""
         (ch, ce), (gh, ge) = self.features(contexts), self.features(outputs)
+        positions = range(gh.shape[1])
         return {
             "colour_retrieval": own_set_retrieval(gh, ch, self.group),
             "shape_retrieval": own_set_retrieval(ge, ce, self.group),
             "similarity": float(torch.einsum("sgd,scd->sgc", ge, ce).mean()),
-        }
-
-    def per_position(self, contexts: list[list[Image.Image]], outputs: list[list[Image.Image]]) -> dict[str, list]:
-        """Colour and shape retrieval at each position of the generated sequences (drift)."""
-        (ch, ce), (gh, ge) = self.features(contexts), self.features(outputs)
-        n = gh.shape[1]
-        return {
-            "drift_colour": [round(own_set_retrieval(gh[:, i : i + 1], ch, self.group), 4) for i in range(n)],
-            "drift_shape": [round(own_set_retrieval(ge[:, i : i + 1], ce, self.group), 4) for i in range(n)],
+            "drift_colour": [round(own_set_retrieval(gh[:, i : i + 1], ch, self.group), 4) for i in positions],
+            "drift_shape": [round(own_set_retrieval(ge[:, i : i + 1], ce, self.group), 4) for i in positions],
         }

@@ -46,7 +46,6 @@ from m2m.presets import build_pipeline, from_hub, get_preset
 from m2m.sets import atomic_folder, contact_sheet, stack_rows
 from train.data import make_loader
 from train.open_sets import OpenBatches
-from train.sprites import load_sprites
 
 
 @dataclass
@@ -343,9 +342,9 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def open_batches(cfg: TrainConfig, accelerator: Accelerator, res: int) -> OpenBatches:
-    split = cfg.data.partition(":")[2]
-    return OpenBatches(split, cfg.batch_sets, cfg.min_k, cfg.max_k, accelerator.device, accelerator.process_index,
-                       accelerator.num_processes, cfg.seed, res, load_sprites(split, cfg.sprites))  # fmt: skip
+    return OpenBatches.from_source(cfg.data, cfg.batch_sets, cfg.min_k, cfg.max_k, accelerator.device, cfg.sprites,
+                                   rank=accelerator.process_index, world=accelerator.num_processes, seed=cfg.seed,
+                                   size=res)  # fmt: skip
 
 
 def out_of_time(accelerator: Accelerator, t0: float, minutes: float) -> bool:

@@ -37,7 +37,6 @@ from m2m.presets import get_preset
 from m2m.sets import atomic_folder
 from train.data import make_loader
 from train.open_sets import OpenBatches
-from train.sprites import load_sprites
 
 
 def images(loader) -> torch.Tensor:
@@ -50,8 +49,7 @@ def images(loader) -> torch.Tensor:
 def stream(source: str, batch_sets: int, res: int, workers: int, seed: int, device) -> Iterator[torch.Tensor]:
     """Endless images of one source; open sets are rendered on `device` itself."""
     if source.startswith("open:"):
-        split = source.partition(":")[2]
-        batches = OpenBatches(split, batch_sets, 4, 4, device, seed=seed, size=res, sprites=load_sprites(split))
+        batches = OpenBatches.from_source(source, batch_sets, 4, 4, device, seed=seed, size=res)
         return (b["pixels"].flatten(0, 1) for b in batches.iterate(0))
     return images(make_loader(source, batch_sets, 4, 4, res, workers, n_sets=10**7, seed=seed))
 
