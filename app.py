@@ -33,8 +33,11 @@ from demo.handlers import (
     selected_index,
 )
 from demo.models import TASKS, VARIANTS, Models
+from m2m.loading import checkpoint_dir
+from m2m.sampling import SamplingParams
 
 ROOT = Path(__file__).resolve().parent
+DEFAULTS = SamplingParams()  # the pipeline's and the command line's defaults too
 INTRO = """# M2M: many-to-many image generation
 Give it the first images of a set; it makes the next ones, one after another, each new image joining
 the context of the next (Shen et al. 2024). Click an example set to run it, or drop your own images.
@@ -57,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--host", default=env("M2M_HOST") or env("GRADIO_SERVER_NAME") or "127.0.0.1")
     p.add_argument("--port", type=int, default=int(env("M2M_PORT") or env("GRADIO_SERVER_PORT") or 7860))
     p.add_argument("--share", action="store_true", default=env("M2M_SHARE", "").lower() in ("1", "true", "yes"))
-    p.add_argument("--checkpoint-dir", default=env("M2M_CHECKPOINT_DIR") or str(ROOT / "checkpoints"))
+    p.add_argument("--checkpoint-dir", default=str(checkpoint_dir()))  # $M2M_CHECKPOINT_DIR, else checkpoints/
     p.add_argument("--device", default=env("M2M_DEVICE") or "auto",
                    help="auto (CUDA in fp16 when a GPU is present, else the CPU), cpu, cuda, cuda:1, ...")  # fmt: skip
     a = p.parse_args(argv)
@@ -132,10 +135,10 @@ def form_columns() -> Form:
     with gr.Column():
         task = gr.Radio(list(TASKS), value="General", label="Task")
         num_images = gr.Slider(1, MAX_NEW_IMAGES, value=4, step=1, label="Num images", elem_id="num-images")
-        steps = gr.Slider(1, 100, value=25, step=1, label="Steps", elem_id="steps")
-        guidance = gr.Slider(0.0, 10.0, value=3.0, step=0.5, label="Guidance")
+        steps = gr.Slider(1, 100, value=DEFAULTS.steps, step=1, label="Steps", elem_id="steps")
+        guidance = gr.Slider(0.0, 10.0, value=DEFAULTS.guidance, step=0.5, label="Guidance")
         with gr.Row():
-            seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+            seed = gr.Number(DEFAULTS.seed, precision=0, label="Seed", minimum=0)
             randomize = gr.Checkbox(False, label="Randomize seed")
         window = gr.Slider(0, MAX_CONTEXT_IMAGES, value=0, step=1, label="Context window (0 = all)")
     return Form(context, earlier, later, randomize, (variant, task, num_images, steps, guidance, seed, window))

@@ -31,6 +31,7 @@ from PIL import Image
 from m2m.images import to_pil
 from m2m.pipeline import M2MPipeline
 from m2m.presets import Preset, build_pipeline, get_preset
+from m2m.sampling import SamplingParams, make_scheduler
 
 MODES = ("plain", "self", "self-nc", "dino")
 TEXT_TOKENS = 77
@@ -67,7 +68,7 @@ def timed(fn: Callable[[], object], device: str) -> float:
 @torch.no_grad()
 def plain_image(pipe: M2MPipeline, unet: UNet2DConditionModel, text: torch.Tensor, steps: int, guidance: float):
     """Text-to-image with classifier-free guidance: the cost M2M is compared with."""
-    sched = pipe.make_scheduler()
+    sched = make_scheduler(pipe.scheduler, "ddim")
     sched.set_timesteps(steps, device=pipe.device)
     size = unet.config.sample_size
     latent = torch.randn(1, 4, size, size, generator=torch.Generator().manual_seed(0)).to(pipe.device, unet.dtype)
@@ -80,7 +81,7 @@ def plain_image(pipe: M2MPipeline, unet: UNet2DConditionModel, text: torch.Tenso
 
 def m2m_image(pipe: M2MPipeline, images, cache, steps: int, guidance: float) -> None:
     """One autoregressive step as generate_iter runs it: the next image, then (cached) its encoding."""
-    result = pipe.next_image(images, cache, 0, steps, guidance)
+    result = pipe.next_image(images, cache, SamplingParams(steps=steps, guidance=guidance))
     if cache is not None:
         pipe.encode_context([result.image], cache)
         cache.images.pop()  # keep the context size fixed for the next repeat

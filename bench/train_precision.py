@@ -19,8 +19,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from m2m.loading import load_pipeline
 from m2m.model import M2MModel
-from m2m.pipeline import load_pipeline
 
 
 def step_seconds(model: M2MModel, latents: torch.Tensor, pixels: torch.Tensor, bf16: bool) -> float:

@@ -10,8 +10,10 @@ from PIL import Image, ImageOps
 
 from demo.models import TASKS
 from m2m.images import load_image, to_rgb
+from m2m.sampling import SamplingParams
 
 UNITS = {"General": "images", "Novel View Synthesis": "views", "Visual Procedure Generation": "steps"}
+DEFAULTS = SamplingParams()
 
 
 @dataclass(frozen=True)
@@ -22,10 +24,10 @@ class Example:
     caption: str  # what the set is, e.g. "a plant growing"
     variant: str = "M2M-Self"
     num_images: int = 4
-    steps: int = 25
-    guidance: float = 3.0
-    seed: int = 0
-    window: int = 0
+    steps: int = DEFAULTS.steps
+    guidance: float = DEFAULTS.guidance
+    seed: int = DEFAULTS.seed
+    window: int = 0  # the form's context window: 0 = all
 
     @property
     def label(self) -> str:

@@ -19,6 +19,7 @@ from demo.models import Models
 from demo.sets import ImageSet, NewImage, Recipe, downloads, save_new, session_folder, start_set, strip, with_new
 from m2m.images import ImageInputError, load_image
 from m2m.pipeline import M2MPipeline
+from m2m.sampling import SamplingParams
 
 MAX_CONTEXT_IMAGES = 32
 MAX_NEW_IMAGES = 24
@@ -71,17 +72,25 @@ def selected_index(event: gr.SelectData) -> int:
     return event.index
 
 
-def check_params(num_images, steps, guidance, seed, window) -> tuple[int, int, float, int, int | None]:
+def check_count(num_images) -> int:
     try:
-        num_images, steps, seed, window = int(num_images), int(steps), int(seed), int(window or 0)
-        guidance = float(guidance)
+        num_images = int(num_images)
     except (TypeError, ValueError):
-        raise gr.Error("num_images, steps, seed and the context window must be whole numbers") from None
+        raise gr.Error("num_images must be a whole number") from None
     if not 1 <= num_images <= MAX_NEW_IMAGES:
         raise gr.Error(f"num_images must be between 1 and {MAX_NEW_IMAGES}")
+    return num_images
+
+
+def check_params(steps, guidance, seed, window) -> SamplingParams:
+    """The form's settings as SamplingParams (a context window of 0 is all), within the form's ranges."""
+    try:
+        steps, seed, window, guidance = int(steps), int(seed), int(window or 0), float(guidance)
+    except (TypeError, ValueError):
+        raise gr.Error("steps, seed and the context window must be whole numbers") from None
     if not 1 <= steps <= 200 or not 0 <= seed <= MAX_SEED or not 0 <= guidance <= 30 or window < 0:
         raise gr.Error(f"steps must be 1-200, guidance 0-30, seed 0-{MAX_SEED}, the context window non-negative")
-    return num_images, steps, guidance, seed, window or None
+    return SamplingParams(steps=steps, guidance=guidance, seed=seed, max_context=window or None)
 
 
 def pick_seed(seed, randomize: bool) -> int:
@@ -116,9 +125,8 @@ def extend(pipe: M2MPipeline, s: ImageSet, keep: int, n: int, seed: int, progres
     """Make `n` images after the given ones and the first `keep` new ones (then `tail`), yielding after each."""
     made = list(s.new[:keep])
     context = [load_image(p) for p in s.given] + [load_image(x.path) for x in made]
-    r, tick = s.recipe, step_progress(progress, n, s.recipe.steps)
-    stream = pipe.generate_iter(context, num_images=n, num_inference_steps=r.steps, guidance_scale=r.guidance,
-                                seed=seed, max_context=r.window, on_step=tick)  # fmt: skip
+    params = s.recipe.params.replace(seed=seed)
+    stream = pipe.generate_iter(context, num_images=n, params=params, on_step=step_progress(progress, n, params.steps))
     for k, result in enumerate(stream, start=1):
         path = save_new(s.folder, result.image, result.index, seed)
         made.append(NewImage(path, result.index, seed, tuple(x.name for x in made)))
@@ -129,14 +137,14 @@ def extend(pipe: M2MPipeline, s: ImageSet, keep: int, n: int, seed: int, progres
 def generate(models: Models, context_images, variant, task, num_images, steps, guidance, seed, context_window=0,
              state=None, progress=gr.Progress()):  # noqa: B008  # fmt: skip
     """A new set after the given context images: the `generate` endpoint of the UI and the API."""
-    num_images, steps, guidance, seed, window = check_params(num_images, steps, guidance, seed, context_window)
+    num_images, params = check_count(num_images), check_params(steps, guidance, seed, context_window)
     images = load_context(context_images)  # every file checked before any work
     pipe = models.get(variant, task)
     folder = state.folder if isinstance(state, ImageSet) else session_folder()
-    recipe = Recipe(str(models.folder(variant, task)), variant, task, steps, guidance, window, seed)
+    recipe = Recipe(str(models.folder(variant, task)), variant, task, params)
     s = start_set(folder, paths(context_images), images, recipe)
     yield outputs(s, f"making {num_images} image(s)")  # the given images at once, marked as given
-    yield from extend(pipe, s, 0, num_images, seed, progress)
+    yield from extend(pipe, s, 0, num_images, params.seed, progress)
 
 
 def current_set(state) -> ImageSet:
@@ -149,8 +157,7 @@ def continue_set(models: Models, state, num_images, progress=gr.Progress()):  # 
     """Append more images to the same set, with the same settings and Seed."""
     s = current_set(state)
     r = s.recipe
-    num_images = check_params(num_images, r.steps, r.guidance, r.seed, r.window)[0]
-    yield from extend(models.get(r.variant, r.task), s, len(s.new), num_images, r.seed, progress)
+    yield from extend(models.get(r.variant, r.task), s, len(s.new), check_count(num_images), r.params.seed, progress)
 
 
 def regenerate(models: Models, state, k, and_after, progress=gr.Progress()):  # noqa: B008

@@ -8,8 +8,8 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from m2m.pipeline import CheckpointError, M2MPipeline, load_pipeline
-from m2m.tasks import is_checkpoint, task_checkpoint
+from m2m.loading import CheckpointError, is_checkpoint, load_pipeline, task_checkpoint
+from m2m.pipeline import M2MPipeline
 
 VARIANTS = {"M2M-Self": "self", "M2M-DINO": "dino"}
 TASKS = {"General": "general", "Novel View Synthesis": "nvs", "Visual Procedure Generation": "procedure"}

@@ -16,30 +16,28 @@ from pathlib import Path
 from PIL import Image
 
 from m2m.images import load_image, to_rgb
-from m2m.pipeline import image_seed
+from m2m.sampling import SamplingParams, image_seed
 from m2m.sets import contact_sheet, write_gif, write_zip
 
 SESSION_TTL_S = 6 * 3600  # a session's files are removed after this long without a new set
 SHOWN_SIZE = 512  # the given images are shown (and animated) at most this large
 REPRODUCE = (
     "Each image is made again by generating 1 image after the given images (in order) and the files "
-    "in its `after` (in order), with its `seed` and the settings above. `index` is its position in the "
-    "set and `image_seed` the seed of its noise (m2m.image_seed(seed, index)). `earlier` holds images "
-    "that Regenerate replaced and that a later image was made after."
+    "in its `after` (in order), with the `parameters` above and its own `seed`. `index` is its position "
+    "in the set and `image_seed` the seed of its noise (m2m.image_seed(seed, index)). `earlier` holds "
+    "images that Regenerate replaced and that a later image was made after."
 )
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """The settings every image of a set is made with; `seed` is Generate's, which Continue goes on with."""
+    """The model and the settings every image of a set is made with; the seed is Generate's, which Continue
+    goes on with (Regenerate gives one image another)."""
 
     checkpoint: str
     variant: str
     task: str
-    steps: int
-    guidance: float
-    window: int | None
-    seed: int
+    params: SamplingParams
 
 
 @dataclass(frozen=True)
@@ -134,10 +132,11 @@ def entry(x: NewImage) -> dict:
 
 
 def manifest(s: ImageSet) -> dict:
+    """What made the set; SamplingParams.from_json reads its `parameters` back (and the older top-level
+    steps, guidance and context_window)."""
     r = s.recipe
     return {
-        "checkpoint": r.checkpoint, "variant": r.variant, "task": r.task, "steps": r.steps,
-        "guidance": r.guidance, "context_window": r.window or 0,
+        "checkpoint": r.checkpoint, "variant": r.variant, "task": r.task, "parameters": r.params.to_json(),
         "context_order": [Path(p).name for p in s.given], "given": given_names(s),
         "images": [entry(x) for x in s.new], "earlier": [entry(x) for x in s.earlier], "reproduce": REPRODUCE,
     }  # fmt: skip

@@ -105,13 +105,13 @@ class ImageSetAttention(ModelMixin, ConfigMixin):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        own_kv = variant == "self"
+        own_kv = variant == "self"  # M2M-Self: context K/V per layer; M2M-DINO: the cross-attention's own
         self.layers = nn.ModuleDict()
         for name, dim, inner in zip(layer_names, layer_dims, inner_dims, strict=True):
             ctx_dim = dim if own_kv else cross_attention_dim
             self.layers[_key(name)] = IsaLayer(name, ctx_dim, inner, num_null_tokens, own_kv, max_context_tokens)
         self.image_proj = None
-        if variant == "dino":  # DINO tokens -> cross-attention width, shared by every ISA layer
+        if not own_kv:  # DINO tokens -> cross-attention width, shared by every ISA layer
             self.image_proj = nn.Sequential(
                 nn.Linear(image_encoder_dim, cross_attention_dim), nn.LayerNorm(cross_attention_dim)
             )

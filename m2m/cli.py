@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -14,11 +13,19 @@ from tqdm import tqdm
 
 from m2m.attention import VARIANTS
 from m2m.images import ImageInputError, file_sha256, load_image
-from m2m.pipeline import SCHEDULERS, CheckpointError, load_pipeline
+from m2m.loading import (
+    CHECKPOINT_DIR_ENV,
+    TASKS,
+    CheckpointError,
+    checkpoint_dir,
+    checkpoint_task,
+    load_pipeline,
+    task_checkpoint,
+)
+from m2m.sampling import SCHEDULERS, SamplingParams
 from m2m.sets import write_zip
-from m2m.tasks import TASKS, checkpoint_task, task_checkpoint
 
-CHECKPOINT_DIR_ENV = "M2M_CHECKPOINT_DIR"  # the folder of the embedded models; the app reads the same variable
+DEFAULTS = SamplingParams()  # the pipeline's and the app's defaults too
 
 
 def count(minimum: int):
@@ -61,18 +68,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     gen.add_argument("--context", nargs="*", default=[], metavar="IMAGE", help="preceding images, in order")
     gen.add_argument("--num-images", type=count(1), default=4)
-    gen.add_argument("--steps", type=count(1), default=50, help="denoising steps (the paper: DDIM, 50)")
-    gen.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance over the image context")
-    gen.add_argument("--seed", type=count(0), default=0)
-    gen.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim")
-    gen.add_argument("--max-context", type=count(1), default=None, help="keep the first and the most recent images")
+    gen.add_argument("--steps", type=count(1), default=DEFAULTS.steps,
+                     help=f"denoising steps (default {DEFAULTS.steps}; the paper: DDIM, 50)")  # fmt: skip
+    gen.add_argument("--guidance", type=float, default=DEFAULTS.guidance,
+                     help="classifier-free guidance over the image context")  # fmt: skip
+    gen.add_argument("--seed", type=count(0), default=DEFAULTS.seed)
+    gen.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=DEFAULTS.scheduler)
+    gen.add_argument("--max-context", type=count(1), default=DEFAULTS.max_context,
+                     help="keep the first and the most recent images")  # fmt: skip
     gen.add_argument("--no-cache", action="store_true", help="recompute the context at every step (the paper's way)")
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--out", default=None, help="output folder (default: outputs/set-<time>)")
 
     init = sub.add_parser("init", help="save a preset's architecture with random weights (a training start point)")
     init.add_argument("--preset", default="tiny")
-    init.add_argument("--variant", choices=["self", "dino"], default="self")
+    init.add_argument("--variant", choices=VARIANTS, default="self")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--fp16", action="store_true", help="store weights in half precision")
     init.add_argument("--out", required=True)
@@ -94,24 +104,17 @@ def resolve_checkpoint(args: argparse.Namespace) -> None:
         args.task = checkpoint_task(args.checkpoint)
 
 
-def checkpoint_dir() -> Path:
-    """The embedded models' folder: $M2M_CHECKPOINT_DIR, else checkpoints/ beside the package (a checkout)."""
-    return Path(os.environ.get(CHECKPOINT_DIR_ENV) or Path(__file__).resolve().parents[1] / "checkpoints")
-
-
 def generate(args: argparse.Namespace) -> int:
     resolve_checkpoint(args)
     context = [load_image(p) for p in args.context]  # fails early, before the model loads
     pipe = load_pipeline(args.checkpoint, device=args.device)
     out = Path(args.out or f"outputs/set-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
-    manifest = make_manifest(args, pipe.variant)
-    bar = tqdm(total=args.num_images * args.steps, desc="generating", unit="step")
-    results = pipe.generate_iter(
-        context, num_images=args.num_images, num_inference_steps=args.steps, guidance_scale=args.guidance,
-        seed=args.seed, context_cache=not args.no_cache, max_context=args.max_context, scheduler=args.scheduler,
-        on_step=bar.update,
-    )  # fmt: skip
+    params = sampling_params(args)
+    manifest = make_manifest(args, pipe.variant, params)
+    bar = tqdm(total=args.num_images * params.steps, desc="generating", unit="step")
+    results = pipe.generate_iter(context, num_images=args.num_images, context_cache=not args.no_cache,
+                                 on_step=bar.update, params=params)  # fmt: skip
     try:
         for result in results:
             name = f"image_{result.index:03d}.png"
@@ -127,18 +130,20 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_manifest(args: argparse.Namespace, variant: str) -> dict:
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(args.steps, args.guidance, args.seed, args.scheduler, args.max_context)
+
+
+def make_manifest(args: argparse.Namespace, variant: str, params: SamplingParams) -> dict:
+    """What made the set: SamplingParams.from_json reads its `parameters` back."""
     return {
         "checkpoint": str(args.checkpoint),
         "variant": variant,
         "task": args.task,  # None: a checkpoint given by path that does not say
-        "parameters": {
-            "num_images": args.num_images, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
-            "scheduler": args.scheduler, "max_context": args.max_context, "context_cache": not args.no_cache,
-        },
+        "parameters": {"num_images": args.num_images, **params.to_json(), "context_cache": not args.no_cache},
         "context": [{"file": str(p), "sha256": file_sha256(p)} for p in args.context],
         "images": [],
-    }  # fmt: skip
+    }
 
 
 def png_info(manifest: dict, result) -> PngImagePlugin.PngInfo:

@@ -1,31 +1,161 @@
-"""Context encoders (M2M-Self: the UNet itself at t=0; M2M-DINO: a frozen DINOv2) and the context cache.
+"""Context encoders, one per variant, and the context cache.
 
-Both encoders turn clean context images into per-ISA-layer keys/values. Because the
-clean pass runs at a fixed timestep, those K/V do not depend on the denoising step:
-each context image is encoded once and reused for every step and every later image.
+M2M-Self reads VAE latents and encodes them with the UNet itself at t=0; M2M-DINO reads pixels and
+encodes them with a frozen DINOv2. Each encoder turns clean context images into per-ISA-layer
+keys/values for inference and into a `SetContext` for training. Because the clean pass runs at a
+fixed timestep, those K/V do not depend on the denoising step: each context image is encoded once
+and reused for every step and every later image.
+
+`context_encoder(isa)` is the one place a variant is chosen. The encoders hold no weights: they are
+given the model's parts (a pipeline or an M2MModel: `unet`, `isa`, `image_encoder`) at each call.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
-from torch import Tensor
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from PIL import Image
+from torch import Tensor, nn
 from transformers import Dinov2Model
 
-from m2m.attention import KV, CachedContext, ImageSetAttention, RecordContext, isa_modules
+from m2m.attention import (
+    KV,
+    CachedContext,
+    ImageSetAttention,
+    RecordContext,
+    SetContext,
+    cross_attentions,
+    isa_modules,
+)
+from m2m.images import to_tensor
+
+if TYPE_CHECKING:
+    from m2m.pipeline import M2MPipeline
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CONTEXT_TIMESTEP = 0  # the clean pass of M2M-Self (DESIGN.md §2)
+# Context images are encoded one at a time: an image's K/V never depend on its batch-mates, so the
+# cache equals recomputation and an image regenerated from the saved PNGs is the same image. It is
+# a one-off cost per image, and memory stays bounded for long sets.
+ENCODE_BATCH = 1
 
 
-def encode_self(unet: UNet2DConditionModel, latents: Tensor) -> dict[str, KV]:
-    """M2M-Self: clean latents (N, 4, h, w) through the UNet at t=0 -> per-layer K/V (N, L, inner)."""
-    record = RecordContext()
-    timestep = torch.full((latents.shape[0],), CONTEXT_TIMESTEP, device=latents.device)
-    unet(latents, timestep, encoder_hidden_states=None, cross_attention_kwargs={"isa": record})
-    return record.kv
+class Parts(Protocol):
+    """What an encoder is given: an M2MPipeline or an M2MModel."""
+
+    unet: UNet2DConditionModel
+    isa: ImageSetAttention
+    image_encoder: Dinov2Model | None
+
+
+class ContextEncoder(ABC):
+    """One variant's way from clean context images to what Image-Set Attention attends to."""
+
+    reads: ClassVar[str]  # "latents" (N, 4, h, w) or "pixels" (N, 3, H, W) in [-1, 1]
+    needs_image_encoder: ClassVar[bool] = False
+
+    @abstractmethod
+    def inputs(self, pipe: M2MPipeline, images: list[Image.Image]) -> Tensor:
+        """Prepared images -> what this encoder reads, on the pipeline's device."""
+
+    @abstractmethod
+    def encode(self, parts: Parts, inputs: Tensor) -> dict[str, KV]:
+        """Inference: a batch of inputs -> per-layer K/V (N, L, inner), each image on its own."""
+
+    @abstractmethod
+    def training_batch(
+        self, parts: Parts, x0: Tensor, xt: Tensor, timesteps: Tensor, sees_context: Tensor, pixels: Tensor | None
+    ) -> tuple[Tensor, Tensor, SetContext]:
+        """Training: the UNet's input and timesteps, and the SetContext, for teacher forcing on whole sets."""
+
+    def unused_parameters(self, parts: Parts) -> list[nn.Parameter]:
+        """UNet weights this variant never uses (training freezes them)."""
+        return []
+
+    @torch.no_grad()
+    def cache(self, pipe: M2MPipeline, images: list[Image.Image], cache: ContextCache | None = None) -> ContextCache:
+        """Prepared images -> their K/V appended to `cache` (a new one if None), each image encoded once."""
+        cache = ContextCache() if cache is None else cache
+        return self.cache_inputs(pipe, self.inputs(pipe, images), cache) if images else cache
+
+    @torch.no_grad()
+    def cache_inputs(self, parts: Parts, inputs: Tensor, cache: ContextCache | None = None) -> ContextCache:
+        cache = ContextCache() if cache is None else cache
+        for batch in inputs.split(ENCODE_BATCH):
+            cache.extend(self.encode(parts, batch))
+        return cache
+
+
+class SelfEncoder(ContextEncoder):
+    """M2M-Self: the clean latents through the UNet itself at t=0; each ISA layer's own K/V of its features."""
+
+    reads = "latents"
+
+    @torch.no_grad()
+    def inputs(self, pipe: M2MPipeline, images: list[Image.Image]) -> Tensor:
+        chunks = [to_tensor(images[i : i + ENCODE_BATCH]) for i in range(0, len(images), ENCODE_BATCH)]
+        latents = [vae_latents(pipe.vae, c.to(pipe.device, pipe.vae.dtype)) for c in chunks]
+        return torch.cat(latents).to(pipe.unet.dtype)  # (N, 4, h, w)
+
+    def encode(self, parts: Parts, latents: Tensor) -> dict[str, KV]:
+        record = RecordContext()
+        timestep = torch.full((latents.shape[0],), CONTEXT_TIMESTEP, device=latents.device)
+        parts.unet(latents, timestep, encoder_hidden_states=None, cross_attention_kwargs={"isa": record})
+        return record.kv
+
+    def training_batch(self, parts, x0, xt, timesteps, sees_context, pixels=None):
+        """One batch [clean at t=0; noisy]: the clean half feeds ISA layer by layer."""
+        sample = torch.cat([x0, xt])  # (2*B*K, 4, h, w)
+        t = torch.cat([torch.full_like(timesteps, CONTEXT_TIMESTEP), timesteps])
+        return sample, t, SetContext(sees_context)
+
+    def unused_parameters(self, parts: Parts) -> list[nn.Parameter]:
+        """The text K/V projections of every cross-attention: ISA layers bring their own."""
+        text_kv = [proj for _, attn in cross_attentions(parts.unet) for proj in (attn.to_k, attn.to_v)]
+        return [p for proj in text_kv for p in proj.parameters()]
+
+
+class DinoEncoder(ContextEncoder):
+    """M2M-DINO: pixels through a frozen DINOv2, projected once, then through each cross-attention's own K/V."""
+
+    reads = "pixels"
+    needs_image_encoder = True
+
+    def inputs(self, pipe: M2MPipeline, images: list[Image.Image]) -> Tensor:
+        return to_tensor(images).to(pipe.device, pipe.image_encoder.dtype)  # (N, 3, H, W)
+
+    def encode(self, parts: Parts, pixels: Tensor) -> dict[str, KV]:
+        tokens = dino_tokens(parts.image_encoder, parts.isa, pixels)
+        return {layer.name: layer.project(attn, tokens) for layer, attn in isa_modules(parts.unet, parts.isa)}
+
+    def training_batch(self, parts, x0, xt, timesteps, sees_context, pixels=None):
+        """The noisy batch alone; the clean images are the DINO tokens of their pixels (B, K, 3, H, W)."""
+        if pixels is None:
+            raise ValueError("M2M-DINO training needs the images' pixels (B, K, 3, H, W)")
+        tokens = dino_tokens(parts.image_encoder, parts.isa, pixels.flatten(0, 1))  # (B*K, 1 + P, D)
+        return xt, timesteps, SetContext(sees_context, tokens)
+
+
+ENCODERS: dict[str, type[ContextEncoder]] = {"self": SelfEncoder, "dino": DinoEncoder}  # keys: VARIANTS
+
+
+def context_encoder(isa: ImageSetAttention, image_encoder: Dinov2Model | None = None) -> ContextEncoder:
+    """The context encoder of a model's variant, as its ISA config says; M2M-DINO's needs its image encoder."""
+    variant = isa.config.variant
+    encoder = ENCODERS[variant]()
+    if encoder.needs_image_encoder and image_encoder is None:
+        raise ValueError(f"an M2M-{variant} model needs an image_encoder (a Dinov2Model)")
+    return encoder
+
+
+def vae_latents(vae: AutoencoderKL, pixels: Tensor) -> Tensor:
+    """Images (N, 3, H, W) in [-1, 1] -> scaled posterior-mean latents (N, 4, h, w): what M2M-Self and training read."""
+    return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
 
 
 def dino_tokens(image_encoder: Dinov2Model, isa: ImageSetAttention, pixels: Tensor) -> Tensor:
@@ -42,14 +172,6 @@ def dino_inputs(pixels: Tensor, size: int) -> Tensor:
     mean = x.new_tensor(IMAGENET_MEAN)[:, None, None]
     std = x.new_tensor(IMAGENET_STD)[:, None, None]
     return (x - mean) / std
-
-
-def encode_dino(
-    unet: UNet2DConditionModel, isa: ImageSetAttention, image_encoder: Dinov2Model, pixels: Tensor
-) -> dict[str, KV]:
-    """M2M-DINO: the same tokens, through each cross-attention's own K/V projections."""
-    tokens = dino_tokens(image_encoder, isa, pixels)
-    return {layer.name: layer.project(attn, tokens) for layer, attn in isa_modules(unet, isa)}
 
 
 class ContextCache:
@@ -75,11 +197,3 @@ class ContextCache:
             for name in names
         }
         return CachedContext(kv, n_cond)
-
-
-def context_window(n: int, max_context: int | None) -> list[int]:
-    """Indices of the context kept for the next image: all, or the first and the most recent ones."""
-    if max_context is None or n <= max_context:
-        return list(range(n))
-    first = max_context // 2
-    return list(range(first)) + list(range(n - (max_context - first), n))

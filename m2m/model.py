@@ -7,8 +7,8 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from torch import Tensor, nn
 from transformers import Dinov2Model
 
-from m2m.attention import ImageSetAttention, SetContext, install
-from m2m.encoders import CONTEXT_TIMESTEP, dino_tokens
+from m2m.attention import ImageSetAttention, install
+from m2m.encoders import context_encoder
 
 
 class M2MModel(nn.Module):
@@ -27,6 +27,7 @@ class M2MModel(nn.Module):
         self.scheduler, self.context_dropout = scheduler, context_dropout
         if image_encoder is not None:
             image_encoder.requires_grad_(False).eval()  # frozen, as DINOv2 in the paper
+        self.encoder = context_encoder(isa, image_encoder)  # the variant, chosen once
         install(unet, isa)
 
     @property
@@ -44,8 +45,8 @@ class M2MModel(nn.Module):
         """Sets of clean latents (B, K, 4, h, w) -> per-image MSE (B, K) of the scheduler's target (ε or v).
 
         Every image is noised at its own timestep; image i is predicted from the clean
-        images 1..i-1 of its set only. One UNet call, no loop over images. M2M-DINO also
-        needs the sets' pixels (B, K, 3, H, W) in [-1, 1]. The optional arguments fix the
+        images 1..i-1 of its set only. One UNet call, no loop over images. `pixels`: the sets
+        (B, K, 3, H, W) in [-1, 1], which M2M-DINO reads (M2M-Self reads the latents). The optional arguments fix the
         randomness (timesteps (B*K,), noise like latents flattened, sees_context (B, K)).
         """
         b, k = latents.shape[:2]
@@ -60,17 +61,9 @@ class M2MModel(nn.Module):
         return (pred.float() - self.target(x0, noise, timesteps).float()).pow(2).mean((1, 2, 3)).view(b, k)
 
     def predict(self, x0: Tensor, xt: Tensor, timesteps: Tensor, sees_context: Tensor, pixels: Tensor | None) -> Tensor:
-        if self.variant == "self":  # one batch [clean at t=0; noisy]: the clean half feeds ISA layer by layer
-            sample = torch.cat([x0, xt])  # (2*B*K, 4, h, w)
-            t = torch.cat([torch.full_like(timesteps, CONTEXT_TIMESTEP), timesteps])
-            context = SetContext(sees_context)
-        else:
-            if pixels is None:
-                raise ValueError("M2M-DINO training needs the images' pixels (B, K, 3, H, W)")
-            sample, t = xt, timesteps
-            context = SetContext(sees_context, dino_tokens(self.image_encoder, self.isa, pixels.flatten(0, 1)))
+        sample, t, context = self.encoder.training_batch(self, x0, xt, timesteps, sees_context, pixels)
         out = self.unet(sample, t, encoder_hidden_states=None, cross_attention_kwargs={"isa": context}).sample
-        return out[-xt.shape[0] :]  # (B*K, 4, h, w)
+        return out[-xt.shape[0] :]  # (B*K, 4, h, w): the noisy images' predictions
 
     def target(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """ε for ε-prediction (SD-2.1-base), v = α·ε − σ·x0 for v-prediction (the tiny preset)."""

@@ -18,6 +18,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import Dinov2Config, Dinov2Model
 
 from m2m.attention import VARIANTS, ImageSetAttention
+from m2m.encoders import ENCODERS
 from m2m.pipeline import M2MPipeline
 
 
@@ -102,15 +103,20 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def build_isa(preset: Preset, unet: UNet2DConditionModel, variant: str) -> ImageSetAttention:
+def needs_image_encoder(variant: str) -> bool:
+    """Whether the variant's context encoder reads with an image encoder (DINOv2) beside the UNet."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    return ENCODERS[variant].needs_image_encoder
+
+
+def build_isa(preset: Preset, unet: UNet2DConditionModel, variant: str) -> ImageSetAttention:
     return ImageSetAttention.for_unet(
         unet,
         variant,
         num_null_tokens=preset.num_null_tokens,
         max_context_tokens=preset.max_context_tokens,
-        image_encoder_dim=preset.image_encoder["hidden_size"] if variant == "dino" else None,
+        image_encoder_dim=preset.image_encoder["hidden_size"] if needs_image_encoder(variant) else None,
         image_encoder_size=preset.image_encoder_size,
     )
 
@@ -121,7 +127,7 @@ def build_pipeline(preset: Preset | str, variant: str = "self", seed: int = 0) -
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**preset.unet)
     vae = AutoencoderKL(**preset.vae)
-    encoder = Dinov2Model(Dinov2Config(**preset.image_encoder)) if variant == "dino" else None
+    encoder = Dinov2Model(Dinov2Config(**preset.image_encoder)) if needs_image_encoder(variant) else None
     isa = build_isa(preset, unet, variant)
     for module in (unet, vae, isa, encoder):
         if module is not None:
@@ -143,7 +149,7 @@ def from_hub(preset: Preset | str = "sd21-base", variant: str = "self", hub_id: 
         unet = UNet2DConditionModel.from_pretrained(repo, subfolder="unet")
         vae = AutoencoderKL.from_pretrained(repo, subfolder="vae")
         scheduler = DDIMScheduler.from_pretrained(repo, subfolder="scheduler")
-        encoder = Dinov2Model.from_pretrained(preset.image_encoder_hub_id) if variant == "dino" else None
+        encoder = Dinov2Model.from_pretrained(preset.image_encoder_hub_id) if needs_image_encoder(variant) else None
     except OSError as err:
         offline = " (HF_HUB_OFFLINE is set: only the local cache is read)" if os.environ.get("HF_HUB_OFFLINE") else ""
         raise OSError(f"could not load the {preset.name} weights from {repo!r}{offline}: {err}") from None

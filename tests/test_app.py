@@ -24,9 +24,11 @@ from demo import cards, handlers, sets
 from demo.examples import find_examples, thumbnail_strip
 from demo.models import TASKS, VARIANTS, Models, resolve_device
 from m2m.adapters import add_lora, rebase, save_adapter
+from m2m.cli import parse_args as cli_args
 from m2m.images import load_image
-from m2m.pipeline import load_pipeline
+from m2m.loading import load_pipeline
 from m2m.presets import build_pipeline
+from m2m.sampling import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "Visual Procedure Generation"
@@ -98,6 +100,7 @@ def test_the_set_strip_shows_the_given_images_first_then_each_new_one(models, co
     assert manifest["variant"] == variant and manifest["task"] == "General"
     assert manifest["context_order"] == ["c0.png", "c1.png"]
     assert [im["index"] for im in manifest["images"]] == [2, 3, 4]
+    assert SamplingParams.from_json(manifest) == SamplingParams(steps=2, guidance=3.0, seed=0)
     with Image.open(gif) as g, Image.open(sheet) as s:
         assert g.n_frames == 5 and s.size[0] > 5 * 100
 
@@ -142,7 +145,7 @@ def test_a_replaced_image_stays_while_an_image_is_made_after_it_even_through_ano
 
 def test_regenerate_keeps_the_sets_seed_for_the_images_before_k(models, context_files):
     state = redo(models, run(models, context_files, 3, seed=7)[-1][3], 3)
-    assert state.recipe.seed == 7 and [x.seed for x in state.new[:2]] == [7, 7] and state.new[2].seed != 7
+    assert state.recipe.params.seed == 7 and [x.seed for x in state.new[:2]] == [7, 7] and state.new[2].seed != 7
     assert [x.seed for x in more(models, state).new] == [7, 7, state.new[2].seed, 7]  # Continue goes on with 7
 
 
@@ -251,6 +254,32 @@ def test_every_task_has_captioned_example_sets():
     assert plant.label == "a plant growing, 3 steps" and plant.task == TASK
     assert all(e.images and not e.caption.startswith(("mis", "nvs", "procedure")) for e in examples)
     assert thumbnail_strip(plant.images, height=50, gap=2).size == (154, 50)
+
+
+def test_the_app_the_cli_and_the_pipeline_default_to_the_same_settings(models, tmp_path):
+    """One default: the form's sliders, an example set, the CLI's flags and SamplingParams (the pipeline's)."""
+    demo = app.build_demo(models, examples_dir=tmp_path)
+    form = {c.label: c.value for c in demo.blocks.values() if getattr(c, "label", None) in ("Steps", "Guidance")}
+    cli = cli_args(["generate"])
+    example = find_examples(ROOT / "examples")[0]
+    default = SamplingParams()
+    assert form == {"Steps": default.steps, "Guidance": default.guidance}
+    assert (cli.steps, cli.guidance, cli.seed, cli.scheduler) == (default.steps, default.guidance, default.seed,
+                                                                  default.scheduler)  # fmt: skip
+    assert (example.steps, example.guidance) == (default.steps, default.guidance)
+
+
+def test_older_manifests_still_give_their_settings():
+    """Manifests written before SamplingParams: the demo's top-level settings, the CLI's `parameters`."""
+    demo = {"checkpoint": "c", "variant": "M2M-Self", "task": "General", "steps": 2, "guidance": 2.5,
+            "context_window": 0, "images": []}  # fmt: skip
+    assert SamplingParams.from_json(demo) == SamplingParams(steps=2, guidance=2.5)
+    assert SamplingParams.from_json({**demo, "context_window": 3}).max_context == 3
+    cli = {"parameters": {"num_images": 3, "steps": 50, "guidance": 3.0, "seed": 4, "scheduler": "dpm++",
+                          "max_context": None, "context_cache": True}}  # fmt: skip
+    assert SamplingParams.from_json(cli) == SamplingParams(steps=50, seed=4, scheduler="dpm++")
+    params = SamplingParams(steps=7, guidance=1.5, seed=9, scheduler="dpm++", max_context=2)
+    assert SamplingParams.from_json(json.loads(json.dumps({"parameters": params.to_json()}))) == params
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -382,6 +411,7 @@ def test_the_manifest_and_the_strip_make_every_image_again(server, context_files
         zf.extractall(tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert len(manifest["images"]) == 4 and len(manifest["earlier"]) == 1
+    assert SamplingParams.from_json(manifest) == SamplingParams(steps=2, guidance=3.0, seed=5)
 
     def make(after: list[str], seed: int) -> np.ndarray:
         given = [handle_file(str(tmp_path / g)) for g in manifest["given"]]

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from m2m.attention import NullContext, cross_attentions, pool_tokens
-from m2m.encoders import ContextCache, dino_tokens, encode_dino, encode_self
+from m2m.attention import VARIANTS, NullContext, cross_attentions, pool_tokens
+from m2m.encoders import ENCODERS, ContextCache, context_encoder, dino_tokens, vae_latents
+from m2m.images import to_tensor
 from m2m.model import M2MModel
 
 
@@ -72,12 +73,8 @@ def test_first_image_and_dropout_see_the_null_context(pipe):
 @torch.no_grad()
 def encode(pipe, latents: torch.Tensor, pixels: torch.Tensor) -> ContextCache:
     """Clean images (N, 4, h, w) latents / (N, 3, H, W) pixels -> their K/V in a cache, as generation makes it."""
-    cache = ContextCache()
-    if pipe.variant == "self":
-        cache.extend(encode_self(pipe.unet, latents))
-    else:
-        cache.extend(encode_dino(pipe.unet, pipe.isa, pipe.image_encoder, pixels))
-    return cache
+    encoder = pipe.context_encoder
+    return encoder.cache_inputs(pipe, latents if encoder.reads == "latents" else pixels)
 
 
 def test_training_forward_equals_cached_inference(pipe):
@@ -92,6 +89,47 @@ def test_training_forward_equals_cached_inference(pipe):
             ctx = cache.context(list(range(i)))
             out = pipe.unet(xt[i : i + 1], timesteps[i : i + 1], None, cross_attention_kwargs={"isa": ctx}).sample
             assert torch.allclose(out[0], pred[0, i], atol=1e-5), i
+
+
+def test_each_encoder_encodes_images_for_inference_as_for_training(pipe, images):
+    """From the same images, what the encoder reads and caches at inference predicts each image exactly as
+    teacher forcing does from the training batch (the pixels, and the latents training noises)."""
+    model, encoder = make_model(pipe), pipe.context_encoder
+    prepared = pipe.prepare(images(3))
+    pixels = to_tensor(prepared)  # (K, 3, H, W): a set as the training loader gives it
+    with torch.no_grad():
+        latents = vae_latents(pipe.vae, pixels)  # (K, 4, h, w)
+        read = encoder.inputs(pipe, prepared)
+    assert torch.allclose(read, latents if encoder.reads == "latents" else pixels, atol=1e-5)
+    cache = encoder.cache(pipe, prepared)
+    g = torch.Generator().manual_seed(1)
+    timesteps, noise = torch.randint(0, 1000, (3,), generator=g), torch.randn(latents.shape, generator=g)
+    pred = predictions(model, latents[None], pixels[None], timesteps, noise)
+    xt = model.scheduler.add_noise(latents, noise, timesteps)
+    with torch.no_grad():
+        for i in (1, 2):
+            ctx = cache.context(list(range(i)))
+            out = pipe.unet(xt[i : i + 1], timesteps[i : i + 1], None, cross_attention_kwargs={"isa": ctx}).sample
+            assert torch.allclose(out[0], pred[0, i], atol=1e-4), i
+
+
+def test_every_variant_has_one_encoder_and_dino_needs_its_image_encoder(pipe):
+    assert tuple(ENCODERS) == VARIANTS
+    assert type(context_encoder(pipe.isa, pipe.image_encoder)) is ENCODERS[pipe.variant]
+    if ENCODERS[pipe.variant].needs_image_encoder:
+        with pytest.raises(ValueError, match="image_encoder"):
+            context_encoder(pipe.isa, None)
+
+
+def test_the_weights_an_encoder_leaves_unused_get_no_gradient(pipe):
+    """Training freezes `unused_parameters`: the forward never reaches them (M2M-Self: the text K/V)."""
+    model = make_model(pipe)
+    unused = model.encoder.unused_parameters(model)
+    assert bool(unused) == (pipe.variant == "self")
+    latents, pixels, timesteps, noise = fixed_batch(pipe, 1, 3)
+    model(latents, pixels, timesteps, noise).mean().backward()
+    assert all(p.grad is None for p in unused)
+    model.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()

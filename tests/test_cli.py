@@ -13,6 +13,7 @@ from PIL import Image
 
 from m2m.images import file_sha256
 from m2m.presets import build_pipeline
+from m2m.sampling import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +51,7 @@ def test_generate_writes_pngs_manifest_and_zip(checkpoint, context_files, tmp_pa
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["variant"] == "self"
     assert manifest["parameters"] | {"seed": 4, "steps": 2, "guidance": 2.5} == manifest["parameters"]
+    assert SamplingParams.from_json(manifest) == SamplingParams(steps=2, guidance=2.5, seed=4)
     assert [c["sha256"] for c in manifest["context"]] == [file_sha256(p) for p in ctx]
     assert [e["index"] for e in manifest["images"]] == [2, 3, 4]
     with zipfile.ZipFile(out / "set.zip") as zf:

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from m2m.encoders import context_window
-from m2m.pipeline import CheckpointError, M2MPipeline, image_seed, load_pipeline
+from m2m.loading import CheckpointError, load_pipeline
+from m2m.pipeline import M2MPipeline
+from m2m.sampling import SamplingParams, context_window, image_seed
 
 FAST = dict(num_inference_steps=3, guidance_scale=3.0)
 
@@ -108,6 +109,25 @@ def test_dpm_solver_and_unknown_scheduler(self_pipe, images):
     assert len(out.images) == 1
     with pytest.raises(ValueError, match="unknown scheduler"):
         self_pipe(images(1), num_images=1, scheduler="euler?")
+
+
+def test_params_and_their_keywords_make_the_same_images(self_pipe, images):
+    """`params=SamplingParams(...)` and the keyword shorthand are one call; giving both is an error."""
+    params = SamplingParams(steps=3, guidance=2.0, seed=6, scheduler="dpm++", max_context=1)
+    by_params = list(self_pipe.generate_iter(images(2), num_images=2, params=params))
+    by_keywords = list(self_pipe.generate_iter(images(2), num_images=2, num_inference_steps=3, guidance_scale=2.0,
+                                               seed=6, scheduler="dpm++", max_context=1))  # fmt: skip
+    assert max_diff(by_params, by_keywords) == 0
+    with pytest.raises(TypeError, match="not both"):
+        list(self_pipe.generate_iter(images(1), params=params, seed=1))
+
+
+def test_the_pipeline_samples_with_the_default_params(self_pipe, images):
+    """No sampling keyword = SamplingParams(): its step count, and the same images as params=SamplingParams()."""
+    steps = []
+    default = list(self_pipe.generate_iter(images(1), num_images=1, on_step=lambda: steps.append(1)))
+    assert len(steps) == SamplingParams().steps
+    assert max_diff(default, list(self_pipe.generate_iter(images(1), num_images=1, params=SamplingParams()))) == 0
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from m2m.attention import NullContext
-from m2m.encoders import ContextCache, encode_self
 from m2m.presets import PRESETS, SD21_BASE, TINY, build_pipeline, from_hub, get_preset
 
 
@@ -49,8 +48,7 @@ def test_sd21_base_architecture_runs_at_a_small_latent():
     assert len(pipe.isa.layers) == 16  # every transformer block that had text cross-attention
     latents = torch.randn(2, 4, 8, 8)
     with torch.no_grad():
-        cache = ContextCache()
-        cache.extend(encode_self(pipe.unet, latents[:1]))
+        cache = pipe.context_encoder.cache_inputs(pipe, latents[:1])
         out = pipe.unet(latents[1:], torch.tensor([500]), None, cross_attention_kwargs={"isa": cache.context([0])})
         null = pipe.unet(latents[1:], torch.tensor([500]), None, cross_attention_kwargs={"isa": NullContext()})
     assert out.sample.shape == (1, 4, 8, 8)
