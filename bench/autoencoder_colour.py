@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path: the repository's train/ too
 from m2m.presets import TINY
-from train.open_sets import OpenBatches
+from train.data.open_sets import OpenBatches
 
 
 class PlainAutoencoder(nn.Module):

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path: the repository's train/ too
-from train import synth
-from train.open_sets import OpenSets
-from train.sprites import load_sprites
+from train.data import synth
+from train.data.open_sets import OpenSets
+from train.data.sprites import load_sprites
 
 
 def open_rate(sets: OpenSets, start: int, n: int, k: int, device: str) -> float:

@@ -1,6 +1,6 @@
 """Training images/s of a tiny M2M model, and the share of each step spent outside the UNet.
 
-One training step on open sets (train/open_sets.py) is timed in three parts, each synchronised:
+One training step on open sets (train/data/open_sets.py) is timed in three parts, each synchronised:
   data     render a batch of sets on the training device
   encode   the autoencoder's encode of every image (and nothing else: DINO tokens are the model's)
   model    the M2M forward (UNet, ISA; M2M-DINO: the frozen encoder), backward and optimiser step
@@ -27,9 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path: the repository's train/ too
 from m2m.model import M2MModel
 from m2m.presets import build_pipeline
-from train.open_sets import OpenBatches
-from train.sprites import load_sprites
-from train.train import to_latents
+from train.data.open_sets import OpenBatches
+from train.data.sprites import load_sprites
+from train.training.m2m import to_latents
 
 
 def timed(fn: Callable, device: torch.device):

@@ -8,7 +8,7 @@
 - procedure-*/     the first three steps of held-out synthetic procedures: Visual Procedure Generation
 - real-photos/     photographs bundled with scikit-image (public domain), for zero-shot continuation
 - zero-shot/<photo>/  four crops of each of eight scikit-image photographs: the context sets of
-                   train/zero_shot.py (palette and style consistency on real photos)
+                   train/evaluation/zero_shot.py (palette and style consistency on real photos)
 """
 
 import random
@@ -43,7 +43,7 @@ def write_set(name: str, images: list[Image.Image]) -> None:
 
 
 def main() -> None:
-    from train import synth
+    from train.data import synth
 
     write_set("shapes", [shapes(i) for i in range(3)])
     seen = set()
@@ -69,7 +69,7 @@ def main() -> None:
 
 def task_examples() -> None:
     """Held-out objects and procedures of two families each, cut to their first three images."""
-    from train import nvs, procedures
+    from train.data import nvs, procedures
 
     for old in [*HERE.glob("nvs-*"), *HERE.glob("procedure-*")]:
         shutil.rmtree(old)

@@ -11,19 +11,19 @@ PRECISION=${PRECISION:-bf16}  # M2M runs: bf16 autocast, fp32 weights (measured 
                               # the same loss per step); PRECISION=no for plain fp32 on a CPU without AVX512-BF16
 export OMP_NUM_THREADS=1
 
-[ -f runs/vae-tiny/metrics.json ] || OMP_NUM_THREADS=2 $PY -m train.train_autoencoder --out runs/vae-tiny
-[ -f runs/dino-tiny/metrics.json ] || OMP_NUM_THREADS=2 $PY -m train.pretrain_encoder --out runs/dino-tiny
+[ -f runs/vae-tiny/metrics.json ] || OMP_NUM_THREADS=2 $PY -m train.training.autoencoder --out runs/vae-tiny
+[ -f runs/dino-tiny/metrics.json ] || OMP_NUM_THREADS=2 $PY -m train.training.encoder --out runs/dino-tiny
 # the decoder again, on the task data's colours too (the encoder, so the latent space, stays as it is)
-[ -f runs/nvs-train/train-00003.tar ] || $PY -m train.nvs --out runs/nvs-train --objects 400 --per-shard 100 --workers 2
-[ -f runs/vae-tiny-decoder/metrics.json ] || OMP_NUM_THREADS=2 $PY -m train.train_autoencoder --init runs/vae-tiny \
+[ -f runs/nvs-train/train-00003.tar ] || $PY -m train.data.nvs --out runs/nvs-train --objects 400 --per-shard 100 --workers 2
+[ -f runs/vae-tiny-decoder/metrics.json ] || OMP_NUM_THREADS=2 $PY -m train.training.autoencoder --init runs/vae-tiny \
     --decoder-only --warm-steps 0 --steps 1000 --lr 5e-4 --data synth:train,procedure:train,runs/nvs-train \
     --eval-data synth:heldout,procedure:heldout,nvs:heldout --out runs/vae-tiny-decoder
 
 common=(--vae runs/vae-tiny-decoder --steps 1200 --lr 4e-4 --warmup 100 --batch-sets 8 --min-k 2 --max-k 6 --workers 0
         --log-every 10 --val-every 50 --checkpoint-every 100 --sample-every 250 --max-minutes "$MINUTES" --export-fp16
         --mixed-precision "$PRECISION")
-$PY -m train.train --variant self --out runs/m2m-self-tiny "${common[@]}" > runs/m2m-self-tiny.log 2>&1 &
-$PY -m train.train --variant dino --image-encoder runs/dino-tiny --out runs/m2m-dino-tiny "${common[@]}" \
+$PY -m train.training.m2m --variant self --out runs/m2m-self-tiny "${common[@]}" > runs/m2m-self-tiny.log 2>&1 &
+$PY -m train.training.m2m --variant dino --image-encoder runs/dino-tiny --out runs/m2m-dino-tiny "${common[@]}" \
     > runs/m2m-dino-tiny.log 2>&1 &
 wait
 

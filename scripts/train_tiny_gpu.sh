@@ -35,13 +35,13 @@ base() {
     local args=(--vae "$VAE" --steps 3500 --lr 5e-4 --warmup 200 --ema-decay 0.999 --batch-sets 32
                 --min-k 2 --max-k 6 --workers "$WORKERS" --log-every 50 --val-every 250 --checkpoint-every 1000 --sample-every 1000
                 --max-minutes "$MINUTES" --export-fp16)
-    $PY -m train.nvs --out "$R/nvs" --split train --objects "$NVS_OBJECTS" --workers "$NVS_WORKERS" \
+    $PY -m train.data.nvs --out "$R/nvs" --split train --objects "$NVS_OBJECTS" --workers "$NVS_WORKERS" \
         > "$R/nvs.log" 2>&1 &
     for v in self dino; do
         local start=()  # from scratch, or on from $INIT (its own frozen encoder; fresh optimizer; new sets: seed 1)
         if [ -n "$INIT" ]; then start=(--init "$INIT/m2m-$v-tiny" --seed 1)
         elif [ "$v" = dino ]; then start=(--image-encoder "$ENCODER"); fi
-        $PY -m train.train --variant "$v" --out "$R/m2m-$v-tiny" "${args[@]}" "${start[@]}" \
+        $PY -m train.training.m2m --variant "$v" --out "$R/m2m-$v-tiny" "${args[@]}" "${start[@]}" \
             > "$R/m2m-$v-tiny.log" 2>&1 &
     done
     wait_all
@@ -52,9 +52,9 @@ tasks() {
                 --min-k 2 --max-k 5 --workers "$TASK_WORKERS" --log-every 25 --val-every 100 --checkpoint-every 400 --sample-every 400
                 --max-minutes "$TASK_MINUTES")
     for v in self dino; do
-        $PY -m train.train --variant "$v" --init "$R/m2m-$v-tiny/pipeline" --task nvs --data "$R/nvs" \
+        $PY -m train.training.m2m --variant "$v" --init "$R/m2m-$v-tiny/pipeline" --task nvs --data "$R/nvs" \
             --val-data nvs:heldout --out "$R/m2m-$v-tiny-nvs" "${args[@]}" > "$R/m2m-$v-tiny-nvs.log" 2>&1 &
-        $PY -m train.train --variant "$v" --init "$R/m2m-$v-tiny/pipeline" --task procedure \
+        $PY -m train.training.m2m --variant "$v" --init "$R/m2m-$v-tiny/pipeline" --task procedure \
             --data procedure:train --val-data procedure:heldout --out "$R/m2m-$v-tiny-procedure" "${args[@]}" \
             > "$R/m2m-$v-tiny-procedure.log" 2>&1 &
     done

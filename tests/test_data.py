@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from m2m.images import load_image, to_model_size, to_tensor
-from train import synth
-from train.data import SetCollate, make_loader
-from train.shards import read_shard, write_shard, write_shards
+from train.data import synth
+from train.data.loader import SetCollate, make_loader
+from train.data.shards import read_shard, write_shard, write_shards
 
 
 def arrays(images):
@@ -108,7 +108,7 @@ def tiny_text_to_image(path, tokenizer):
 
 
 def test_make_mis_renders_sets_and_resumes(tmp_path, clip_tokenizer):
-    from train import make_mis
+    from train.data import mis
 
     model = tiny_text_to_image(tmp_path, clip_tokenizer)
     captions = tmp_path / "cc.tsv"
@@ -116,24 +116,24 @@ def test_make_mis_renders_sets_and_resumes(tmp_path, clip_tokenizer):
     out = tmp_path / "mis"
     args = ["--captions", str(captions), "--out", str(out), "--model", str(model), "--images-per-set", "3",
             "--steps", "2", "--size", "8", "--sets-per-shard", "2"]  # fmt: skip
-    assert make_mis.main(args) == 0
+    assert mis.main(args) == 0
     shards = sorted(out.glob("*.tar"))
     records = [r for s in shards for r in read_shard(s)]
     assert [r["meta"]["caption"] for r in records] == ["a red fox.", "blue bird, flying", "sea"]
     assert all(len(r["images"]) == 3 and r["images"][0].size == (8, 8) for r in records)
-    assert records[0]["meta"]["seeds"] == make_mis.image_seeds(0, 0, 3)
+    assert records[0]["meta"]["seeds"] == mis.image_seeds(0, 0, 3)
     assert not np.array_equal(*arrays(records[0]["images"][:2]))  # only the noise differs, and it shows
     stamp = shards[0].stat().st_mtime_ns
-    assert make_mis.main(args) == 0 and shards[0].stat().st_mtime_ns == stamp
+    assert mis.main(args) == 0 and shards[0].stat().st_mtime_ns == stamp
 
 
 def test_train_autoencoder_runs_and_saves_a_loadable_vae(tmp_path):
     from diffusers import AutoencoderKL
 
-    from train import train_autoencoder
+    from train.training import autoencoder
 
     out = tmp_path / "vae"
-    metrics = train_autoencoder.main(
+    metrics = autoencoder.main(
         ["--out", str(out), "--steps", "2", "--warm-steps", "1", "--batch-sets", "1", "--eval-sets", "2"]
     )
     assert np.isfinite(metrics["psnr"]) and metrics["latent_std"] > 0
@@ -142,7 +142,7 @@ def test_train_autoencoder_runs_and_saves_a_loadable_vae(tmp_path):
     assert not (tmp_path / "vae.tmp").exists()
 
     tuned = tmp_path / "decoder"  # the decoder only, on two sources: the latent space must not move
-    metrics = train_autoencoder.main(["--out", str(tuned), "--init", str(out), "--decoder-only", "--steps", "2",
+    metrics = autoencoder.main(["--out", str(tuned), "--init", str(out), "--decoder-only", "--steps", "2",
                                       "--warm-steps", "0", "--batch-sets", "1", "--eval-sets", "1", "--lr", "1e-2",
                                       "--data", "synth:train,procedure:train"])  # fmt: skip
     assert set(metrics["per_source"]) == {"synth:train", "procedure:train"}
@@ -154,7 +154,7 @@ def test_train_autoencoder_runs_and_saves_a_loadable_vae(tmp_path):
 
 
 def test_ordered_sources_give_windows_in_order_and_real_folders_load(tmp_path):
-    from train import procedures
+    from train.data import procedures
 
     for i in range(3):  # a real-data layout: one folder per procedure, one image per step
         folder = tmp_path / f"how-to-{i}"
@@ -173,8 +173,8 @@ def test_ordered_sources_give_windows_in_order_and_real_folders_load(tmp_path):
 
 
 def test_ordered_sets_stay_ordered_when_read_from_shards(tmp_path):
-    from train import nvs
-    from train.shards import write_shards
+    from train.data import nvs
+    from train.data.shards import write_shards
 
     write_shards(tmp_path, "train", 2, 2, 0, lambda i: nvs.set_record("train", i))
     batch = next(iter(make_loader(str(tmp_path), 2, 3, 3, 32, 0, shuffle=False)))

@@ -7,35 +7,36 @@ import torch
 from PIL import Image
 from transformers import Dinov2Model
 
-from train import pretrain_encoder, zero_shot
+from train.evaluation import zero_shot
+from train.training import encoder
 
 
 def test_random_crops_have_the_asked_size_and_keep_colours():
     pixels = torch.rand(3, 3, 64, 64) * 2 - 1
     gen = torch.Generator().manual_seed(0)
-    crops = pretrain_encoder.random_crops(pixels, 2, 32, (0.3, 1.0), gen)
+    crops = encoder.random_crops(pixels, 2, 32, (0.3, 1.0), gen)
     assert crops.shape == (6, 3, 32, 32)
     assert crops.min() >= -1.01 and crops.max() <= 1.01  # resized and mirrored only: no colour change
     flat = torch.full((1, 3, 64, 64), 0.25)
-    assert torch.allclose(pretrain_encoder.random_crops(flat, 3, 16, (0.1, 0.5), gen), torch.tensor(0.25))
+    assert torch.allclose(encoder.random_crops(flat, 3, 16, (0.1, 0.5), gen), torch.tensor(0.25))
 
 
 def test_dino_loss_is_lower_when_the_student_agrees_with_the_teacher():
     teacher = [torch.randn(8, 32) * 3 for _ in range(2)]
     center = torch.zeros(1, 32)
-    agree = pretrain_encoder.dino_loss([t[[0, 1, 2, 3, 4, 5, 6, 7]] for t in teacher[::-1]], teacher, center, 0.1, 0.04)
-    disagree = pretrain_encoder.dino_loss([torch.randn(8, 32) * 3 for _ in range(2)], teacher, center, 0.1, 0.04)
+    agree = encoder.dino_loss([t[[0, 1, 2, 3, 4, 5, 6, 7]] for t in teacher[::-1]], teacher, center, 0.1, 0.04)
+    disagree = encoder.dino_loss([torch.randn(8, 32) * 3 for _ in range(2)], teacher, center, 0.1, 0.04)
     assert agree < disagree
 
 
 def test_knn_accuracy_separates_clusters():
     bank = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [0.9, 0.1], [0, 1.0], [0.1, 0.9]]), dim=1)
     labels = torch.tensor([0, 0, 1, 1])
-    assert pretrain_encoder.knn_accuracy(bank, labels, bank, labels, k=2) == 1.0
+    assert encoder.knn_accuracy(bank, labels, bank, labels, k=2) == 1.0
 
 
 def test_pretrain_encoder_runs_and_saves_a_dinov2_model(tmp_path):
-    metrics = pretrain_encoder.main(["--out", str(tmp_path / "enc"), "--steps", "2", "--batch-sets", "2",
+    metrics = encoder.main(["--out", str(tmp_path / "enc"), "--steps", "2", "--batch-sets", "2",
                                      "--local-crops", "1", "--eval-sets", "4", "--save-every", "2"])  # fmt: skip
     assert metrics["step"] == 2 and 0 <= metrics["knn_content"] <= 1
     model = Dinov2Model.from_pretrained(tmp_path / "enc")
@@ -66,7 +67,7 @@ def test_zero_shot_sets_ship_with_the_examples():
 
 def test_zero_shot_and_contact_sheet_scripts_run_on_a_checkpoint(micro, tmp_path):
     from m2m.presets import build_pipeline
-    from train import contact_sheets
+    from train.evaluation import contact_sheets
 
     build_pipeline(micro, "self").save_pretrained(tmp_path / "ckpt")
     out = tmp_path / "zs.json"

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from m2m.presets import build_pipeline
-from train import synth
-from train.evaluate import GROUPS, evaluate, frechet_distance, load_sets, probe_metrics, set_scores, table
-from train.probes import Probe
-from train.set_embedder import SetEmbedder
-from train.set_metrics import SetMetrics
+from train.data import synth
+from train.evaluation.evaluate import GROUPS, evaluate, frechet_distance, load_sets, probe_metrics, set_scores, table
+from train.evaluation.probes import Probe
+from train.evaluation.set_embedder import SetEmbedder
+from train.evaluation.set_metrics import SetMetrics
 
 PROBES = Path(__file__).resolve().parents[1] / "checkpoints" / "probes"
 
@@ -97,7 +97,7 @@ class TinyFeatures(nn.Module):
 def test_paper_metrics_code_path_with_random_weights(heldout, clip_tokenizer):
     from transformers import CLIPConfig, CLIPModel
 
-    from train.paper_metrics import PaperMetrics
+    from train.evaluation.paper_metrics import PaperMetrics
 
     torch.manual_seed(0)
     clip = CLIPModel(CLIPConfig(

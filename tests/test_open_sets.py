@@ -12,10 +12,19 @@ import pytest
 import torch
 from PIL import Image
 
-from train import open_sets
-from train.data import make_loader
-from train.open_sets import FAMILIES, HARD_FAMILIES, HARD_HUES, OpenBatches, OpenSets, draw_sets, render, set_record
-from train.sprites import is_heldout, to_sprite
+from train.data import open_sets
+from train.data.loader import make_loader
+from train.data.open_sets import (
+    FAMILIES,
+    HARD_FAMILIES,
+    HARD_HUES,
+    OpenBatches,
+    OpenSets,
+    draw_sets,
+    render,
+    set_record,
+)
+from train.data.sprites import is_heldout, to_sprite
 
 ROOT = Path(__file__).resolve().parents[1]
 

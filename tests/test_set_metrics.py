@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from m2m.images import to_pil
-from train.open_sets import OpenSets
-from train.set_embedder import SetEmbedder, colour_free, info_nce, random_view
-from train.set_metrics import DEFAULT_EMBEDDER, SetMetrics, colour_histograms, own_set_retrieval
+from train.data.open_sets import OpenSets
+from train.evaluation.set_embedder import SetEmbedder, colour_free
+from train.evaluation.set_metrics import DEFAULT_EMBEDDER, SetMetrics, colour_histograms, own_set_retrieval
+from train.training.set_embedder import info_nce, random_view
 
 GROUP = 16
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from train import nvs, procedures
+from train.data import nvs, procedures
 
 
 def test_nvs_objects_are_deterministic_and_turn():
@@ -45,7 +45,7 @@ def test_procedures_have_six_families_4_to_8_ordered_steps():
 def test_task_metrics_copy_of_the_truth_scores_perfectly():
     import torch
 
-    from train.evaluate_tasks import scores, summary
+    from train.evaluation.tasks import scores, summary
 
     steps = torch.rand(5, 3, 32, 32)
     perfect = scores(steps[3:4], steps[3:4], steps, 3)
@@ -59,10 +59,10 @@ def test_task_metrics_copy_of_the_truth_scores_perfectly():
 
 def test_evaluate_tasks_runs_with_a_base_model(micro, tmp_path):
     from m2m.presets import build_pipeline
-    from train import evaluate_tasks
+    from train.evaluation import tasks
 
     build_pipeline(micro, "self").save_pretrained(tmp_path / "m")
-    results = evaluate_tasks.main(["--task", "procedure", "--checkpoint", str(tmp_path / "m"), "--base",
+    results = tasks.main(["--task", "procedure", "--checkpoint", str(tmp_path / "m"), "--base",
                                    str(tmp_path / "m"), "--sequences", "2", "--ks", "1", "--steps", "2",
                                    "--out", str(tmp_path / "r.json")])  # fmt: skip
     assert set(results[1]) == {"fine-tuned", "base", "copy-last"}

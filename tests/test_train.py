@@ -1,4 +1,4 @@
-"""train/train.py on the micro preset: the whole loop, exact resume after kill -9, and 2-process data parallel."""
+"""train/training/m2m.py on the micro preset: the whole loop, exact resume after kill -9, 2-process data parallel."""
 
 import csv
 import os
@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from m2m.attention import cross_attentions
 from m2m.pipeline import CheckpointError, load_pipeline
 from m2m.presets import build_pipeline
-from train.train import TRAIN_PRESETS, parse_args, train
+from train.training.m2m import TRAIN_PRESETS, parse_args, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_exported_pipeline_is_the_ema_of_the_training_weights(start, tmp_path):
 
 def test_bf16_autocast_on_cpu_trains_fp32_weights(start, tmp_path):
     """The CPU recipe (scripts/train_tiny.sh) trains under bf16 autocast: the weights stay fp32, the loss finite."""
-    command = [sys.executable, "-m", "train.train", *args(start, tmp_path, 2, "--mixed-precision", "bf16")]
+    command = [sys.executable, "-m", "train.training.m2m", *args(start, tmp_path, 2, "--mixed-precision", "bf16")]
     subprocess.run([*command, "--ema-decay", "0.0"], cwd=ROOT, check=True, capture_output=True)  # own Accelerator
     assert all(np.isfinite(loss) for _, loss in losses(tmp_path))
     with safe_open(tmp_path / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors", "pt") as f:
@@ -93,7 +93,7 @@ def test_bf16_autocast_on_cpu_trains_fp32_weights(start, tmp_path):
 
 def test_self_variant_does_not_train_the_replaced_text_projections(micro, tmp_path):
     from m2m.model import M2MModel
-    from train.train import trainable
+    from train.training.m2m import trainable
 
     pipe = build_pipeline(micro, "self")
     model = M2MModel(pipe.unet, pipe.isa, pipe.scheduler)
@@ -107,7 +107,7 @@ def test_kill_9_then_resume_carries_on_the_same_loss_curve(start, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train(parse_args(args(start, straight, 12)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "train.train", *args(start, killed, 12)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "train.training.m2m", *args(start, killed, 12)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 240
     while not (killed / "checkpoints" / "step-0000004").exists() and proc.poll() is None:
@@ -129,7 +129,7 @@ def test_two_process_data_parallel_on_cpu(micro, tmp_path):
     build_pipeline(micro, "self", seed=0).save_pretrained(folder)
     # torchrun starts the processes; accelerate makes them one gloo group (`accelerate launch` does the same on GPUs)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "train.train", *args(folder, tmp_path / "run", 3)]  # fmt: skip
+           "-m", "train.training.m2m", *args(folder, tmp_path / "run", 3)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,1 +1,1 @@
-"""Reproduction: data (MIS recipe, MIS-synth), loaders, training and evaluation."""
+"""Reproduction: data (MIS recipe, generators, shards, the loader), training and evaluation."""

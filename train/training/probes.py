@@ -1,6 +1,6 @@
 """Train the content and style probes on MIS-synth; report their accuracy on held-out combinations.
 
-    python -m train.train_probes --out checkpoints/probes
+    python -m train.training.probes --out checkpoints/probes
 
 The training images are drawn once into memory (a few hundred MB of uint8), then sampled with
 horizontal flips: drawing them anew at every step would cost more than the training.
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from train import synth
-from train.probes import Probe
+from train.data import synth
+from train.evaluation.probes import Probe
 
 
 def draw(split: str, n_sets: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

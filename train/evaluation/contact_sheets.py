@@ -1,6 +1,6 @@
 """Contact sheets of a checkpoint on held-out sets: one row per set, context | generated.
 
-    python -m train.contact_sheets --checkpoint checkpoints/m2m-self-tiny --out docs/m2m-self-tiny.png
+    python -m train.evaluation.contact_sheets --checkpoint checkpoints/m2m-self-tiny --out docs/m2m-self-tiny.png
 
 The sets are MIS-synth held-out sets (class-style combinations never seen in training), or any
 folders of images given with `--folders` (for example examples/zero-shot/*).
@@ -14,7 +14,7 @@ from pathlib import Path
 from m2m.images import load_image
 from m2m.pipeline import load_pipeline
 from m2m.sets import contact_sheet, stack_rows
-from train.evaluate import load_sets
+from train.evaluation.evaluate import load_sets
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -1,6 +1,6 @@
 """Zero-shot continuation of real photographs: do generated images keep the context's palette and style?
 
-    python -m train.zero_shot --checkpoint checkpoints/m2m-self-tiny
+    python -m train.evaluation.zero_shot --checkpoint checkpoints/m2m-self-tiny
 
 The context sets are `examples/zero-shot/<photo>/`: four crops of each of eight photographs that
 scikit-image ships (made by examples/make_examples.py). The tiny models never saw a photograph,

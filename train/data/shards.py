@@ -1,4 +1,4 @@
-"""Set shards in the webdataset layout, shared by MIS (make_mis.py) and the generators (synth, nvs, procedures).
+"""Set shards in the webdataset layout, shared by MIS (mis.py) and the generators (synth, open_sets, nvs, procedures).
 
 One tar member group per set: `KEY.00.png ... KEY.NN.png` (lossless) and `KEY.json`
 (caption, labels, seeds, settings). A shard is written to a temporary name and renamed
@@ -117,7 +117,7 @@ def read_shards(paths: Iterable[str | Path]) -> Iterator[Record]:
 def write_shards_cli(doc: str, set_record: Callable[..., Record], count: str, default: int, per_shard: int,
                      argv: list[str] | None = None, set_size: int | None = None,
                      splits: tuple[str, ...] = ("train", "heldout")) -> None:  # fmt: skip
-    """`python -m train.<generator> --out DIR --split train|heldout --<count> N ...`: a generator's sets as shards."""
+    """`python -m train.data.<generator> --out DIR --split train|heldout --<count> N ...`: its sets as shards."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--split", choices=splits, default="train")

@@ -1,6 +1,6 @@
 """Measure the task models: novel view synthesis and visual procedure generation, against two baselines.
 
-    python -m train.evaluate_tasks --task nvs --checkpoint checkpoints/m2m-self-tiny-nvs \\
+    python -m train.evaluation.tasks --task nvs --checkpoint checkpoints/m2m-self-tiny-nvs \\
         --base checkpoints/m2m-self-tiny --ks 1 2 4
 
 Given the first k images of a held-out sequence (views in azimuth order, or procedure steps),
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from m2m.images import to_model_size, to_tensor
 from m2m.pipeline import load_pipeline
-from train.data import SetDataset
+from train.data.loader import SetDataset
 
 DEFAULT_SOURCE = {"nvs": "nvs:heldout", "procedure": "procedure:heldout"}
 

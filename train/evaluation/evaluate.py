@@ -1,7 +1,8 @@
 """Measure a checkpoint on held-out sets: given the first c images, generate the next ones.
 
-    python -m train.evaluate --checkpoint checkpoints/m2m-self-tiny --data open:heldout --contexts 1 2 4 8
-    python -m train.evaluate --checkpoint checkpoints/m2m-self-tiny --data folders:examples/zero-shot --sets 9
+    python -m train.evaluation.evaluate --checkpoint checkpoints/m2m-self-tiny --data open:heldout --contexts 1 2 4 8
+    python -m train.evaluation.evaluate --checkpoint checkpoints/m2m-self-tiny --data folders:examples/zero-shot \\
+        --sets 9
 
 Every number comes with its floor and its ceilings, side by side:
   model        the checkpoint, given the first c images of each set
@@ -9,11 +10,11 @@ Every number comes with its floor and its ceilings, side by side:
   truth        the set's real next images (the ceiling)
   round-trip   the true next images through the checkpoint's autoencoder (the ceiling behind it)
 
-Label-free metrics (the default; train/set_metrics.py): own-set retrieval among 16 sets by colour
+Label-free metrics (the default; train/evaluation/set_metrics.py): own-set retrieval among 16 sets by colour
 histogram and by the set embedder's colour-free embedding, and similarity to the context in that
 embedding; `drift_*` is each retrieval at each position of the generated sequence.
 
-With `--metrics probes` (the default for synth:), judged by the MIS-synth probes (train/train_probes.py):
+With `--metrics probes` (the default for synth:), judged by the MIS-synth probes (train/training/probes.py):
 content / style consistency (share of images whose predicted class / style is the context's),
 image-image similarity (cosine in probe feature space, against the context), and a Fréchet
 distance in probe feature space against real held-out images. `drift` is the consistency at
@@ -38,9 +39,9 @@ from tqdm import tqdm
 
 from m2m.images import to_model_size, to_pil, to_tensor
 from m2m.pipeline import M2MPipeline, load_pipeline
-from train.data import SetDataset
-from train.probes import Probe
-from train.set_metrics import DEFAULT_EMBEDDER, SetMetrics
+from train.data.loader import SetDataset
+from train.evaluation.probes import Probe
+from train.evaluation.set_metrics import DEFAULT_EMBEDDER, SetMetrics
 
 GROUPS = ("model", "no-context", "truth", "round-trip")
 
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
                  for img in s["images"][: args.generate]]  # fmt: skip
     paper = None
     if args.paper_metrics:
-        from train.paper_metrics import PaperMetrics
+        from train.evaluation.paper_metrics import PaperMetrics
 
         paper = PaperMetrics.from_pretrained(args.clip_model)
     results = evaluate(pipe, score, sets, reference, args.contexts, args.generate, args.steps, args.guidance,

@@ -1,6 +1,6 @@
 """Fit the tiny preset's AutoencoderKL to MIS-synth; report its reconstruction PSNR on held-out images.
 
-    python -m train.train_autoencoder --out runs/vae-tiny      # 2,000 steps, 1,500 of them at half resolution
+    python -m train.training.autoencoder --out runs/vae-tiny      # 2,000 steps, 1,500 of them at half resolution
 
 The loss is MSE plus a small KL term (SD's autoencoder less its GAN and LPIPS terms, which would
 need weights to download). The first `--warm-steps` run at half resolution: the network is fully
@@ -12,7 +12,7 @@ diffusers folder (`AutoencoderKL.from_pretrained(out)`) and `metrics.json`.
 
     # the decoder only, on more colours: the encoder (so the latent space, so every diffusion model
     # trained on it) stays as it is, while decoded colours get closer to the task data's
-    python -m train.train_autoencoder --init runs/vae-tiny --decoder-only --warm-steps 0 --steps 1000 \
+    python -m train.training.autoencoder --init runs/vae-tiny --decoder-only --warm-steps 0 --steps 1000 \
         --lr 5e-4 --data synth:train,procedure:train,runs/nvs-train \
         --eval-data synth:heldout,procedure:heldout,nvs:heldout --out runs/vae-tiny-decoder
 """
@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from m2m.presets import get_preset
 from m2m.sets import atomic_folder
-from train.data import make_loader
-from train.open_sets import OpenBatches
+from train.data.loader import make_loader
+from train.data.open_sets import OpenBatches
 
 
 def images(loader) -> torch.Tensor:

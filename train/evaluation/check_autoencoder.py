@@ -1,6 +1,6 @@
 """Does an autoencoder pass any image through? PSNR and own-set colour retrieval of its round trip.
 
-    python -m train.check_autoencoder --vae checkpoints/m2m-self-tiny/vae runs/open/vae-open
+    python -m train.evaluation.check_autoencoder --vae checkpoints/m2m-self-tiny/vae runs/open/vae-open
 
 For each source, the first `--context` images of every set are kept as they are and the others go
 through the autoencoder (posterior mean, as the pipeline encodes); colour retrieval asks whether
@@ -17,8 +17,8 @@ import torch
 from diffusers import AutoencoderKL
 
 from m2m.images import to_model_size, to_pil, to_tensor
-from train.evaluate import load_sets
-from train.set_metrics import colour_histograms, own_set_retrieval
+from train.evaluation.evaluate import load_sets
+from train.evaluation.set_metrics import colour_histograms, own_set_retrieval
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Pretrain the tiny M2M-DINO image encoder (a `transformers.Dinov2Model`) by DINO self-distillation on MIS-synth.
 
-    python -m train.pretrain_encoder --out runs/dino-tiny --steps 600
+    python -m train.training.encoder --out runs/dino-tiny --steps 600
 
 At full scale the encoder is facebook/dinov2-base, pretrained and frozen; this script makes
 its tiny stand-in the same way, with no labels: a student sees 2 global and several local
@@ -31,8 +31,8 @@ from transformers import Dinov2Config, Dinov2Model
 from m2m.encoders import dino_inputs
 from m2m.presets import get_preset
 from m2m.sets import atomic_folder
-from train.data import make_loader
-from train.open_sets import OpenBatches
+from train.data.loader import make_loader
+from train.data.open_sets import OpenBatches
 
 
 class DinoHead(nn.Module):

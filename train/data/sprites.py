@@ -3,11 +3,11 @@
 Both come from Debian, offline and public domain / OFL:
 
     apt-get install openclipart-png fonts-noto-color-emoji    # 8,121 drawings; the font's emoji
-    python -m train.sprites --out data/sprites.npz            # 7,184 + 1,285 sprites (4 min here)
+    python -m train.data.sprites --out data/sprites.npz            # 7,184 + 1,285 sprites (4 min here)
 
 A sprite is the drawing cropped to its opaque part, centred on a transparent square and resized,
 stored with premultiplied alpha (so that warping it mixes colours correctly). A tenth of the
-drawings, chosen by a hash of their names, is held out: the `hard` split of `train/open_sets.py`
+drawings, chosen by a hash of their names, is held out: the `hard` split of `train/data/open_sets.py`
 draws only those, the others never.
 """
 

@@ -1,11 +1,11 @@
-"""Probe classifiers for MIS-synth content and style: the offline judges of train/evaluate.py.
+"""Probe classifiers for MIS-synth content and style: the offline judges of train/evaluation/evaluate.py.
 
 Two small CNNs (BatchNorm, max pooling). The content one sees only a foreground mask (where an
 image differs from its border colour), so it judges shapes and cannot lean on colour: on
 held-out class-style combinations an RGB content probe fell below chance, as it guessed the
 classes that the style had been seen with. The style one sees the RGB image. Their pooled
 features, side by side, are the space of the image-image similarity and of the Fréchet distance.
-Trained by train/train_probes.py; saved as safetensors + JSON config.
+Trained by train/training/probes.py; saved as safetensors + JSON config.
 """
 
 from __future__ import annotations

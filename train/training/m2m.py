@@ -1,9 +1,9 @@
 """Train M2M (either variant, any preset) on image sets with `accelerate`.
 
     # tiny, from scratch, on this CPU (the autoencoder and the DINO encoder are pretrained first)
-    python -m train.train --preset tiny --variant self --vae runs/vae-tiny --out runs/m2m-self-tiny
+    python -m train.training.m2m --preset tiny --variant self --vae runs/vae-tiny --out runs/m2m-self-tiny
     # full scale, from SD-2.1-base, on 8 GPUs with FSDP
-    accelerate launch --config_file train/accelerate/fsdp.yaml -m train.train --preset sd21-base \\
+    accelerate launch --config_file train/accelerate/fsdp.yaml -m train.training.m2m --preset sd21-base \\
         --variant dino --data "data/mis/train-*.tar" --out runs/m2m-dino-sd21
 
 Each step takes a batch of sets of one length K (sampled per batch), noises every image at
@@ -44,8 +44,8 @@ from m2m.model import M2MModel
 from m2m.pipeline import M2MPipeline, load_pipeline
 from m2m.presets import build_pipeline, from_hub, get_preset
 from m2m.sets import atomic_folder, contact_sheet, stack_rows
-from train.data import make_loader
-from train.open_sets import OpenBatches
+from train.data.loader import make_loader
+from train.data.open_sets import OpenBatches
 
 
 @dataclass
@@ -54,11 +54,11 @@ class TrainConfig:
     variant: str = "self"
     out: str = "runs/m2m"
     data: str = "synth:train"  # shards (dir, glob), synth:train, open:train (rendered on the device), ...
-    sprites: str | None = None  # open sets: the drawings' atlas (train/sprites.py); default data/sprites.npz
+    sprites: str | None = None  # open sets: the drawings' atlas (train/data/sprites.py); default data/sprites.npz
     val_data: str | None = "synth:heldout"  # held-out sets for the with/without-context loss
     init: str | None = None  # an M2M pipeline folder to start from (fine-tuning); else the preset's start
-    vae: str | None = None  # tiny: a trained AutoencoderKL folder (train/train_autoencoder.py)
-    image_encoder: str | None = None  # tiny M2M-DINO: a pretrained Dinov2Model folder (train/pretrain_encoder.py)
+    vae: str | None = None  # tiny: a trained AutoencoderKL folder (train/training/autoencoder.py)
+    image_encoder: str | None = None  # tiny M2M-DINO: a pretrained Dinov2Model folder (train/training/encoder.py)
     context_tokens: int | None = None  # M2M-Self: context tokens per image and ISA layer (default: the preset's)
     steps: int = 3000
     batch_sets: int = 8
@@ -140,7 +140,7 @@ def build_start(cfg: TrainConfig) -> M2MPipeline:
         return from_hub(preset, cfg.variant)
     pipe = build_pipeline(preset, cfg.variant, seed=cfg.seed)
     if cfg.vae is None and cfg.steps > 10:
-        raise ValueError("the tiny preset trains on a fitted autoencoder: pass --vae (train/train_autoencoder.py)")
+        raise ValueError("the tiny preset trains on a fitted autoencoder: pass --vae (train/training/autoencoder.py)")
     vae = AutoencoderKL.from_pretrained(cfg.vae, torch_dtype=torch.float32) if cfg.vae else pipe.vae
     encoder = pipe.image_encoder
     if cfg.variant == "dino" and cfg.image_encoder is not None:  # also the fp16 one inside a shipped checkpoint

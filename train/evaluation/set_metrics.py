@@ -3,7 +3,7 @@
 - **colour**: own-set retrieval by colour histogram among `group` sets (16): a generated image
   counts when its histogram is closer to its own context's mean histogram than to any other
   set's context. Chance is 1 / group.
-- **shape**: the same with the set embedder's colour-free embedding (`train/set_embedder.py`).
+- **shape**: the same with the set embedder's colour-free embedding (`train/evaluation/set_embedder.py`).
 - **similarity**: mean cosine of the embedding of a generated image to its own context's images.
 
 The same scores of the true next images are the ceiling; of images made with no context, the floor.
@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from m2m.images import to_model_size, to_tensor
-from train.set_embedder import SetEmbedder
+from train.evaluation.set_embedder import SetEmbedder
 
 BINS = 8  # per channel: 512 colour bins
 DEFAULT_EMBEDDER = Path("checkpoints/set-embedder")
@@ -72,7 +72,7 @@ class SetMetrics:
     def load(cls, path: str | Path = DEFAULT_EMBEDDER, group: int = 16) -> SetMetrics:
         if not Path(path).exists():
             raise FileNotFoundError(
-                f"no set embedder at {path}: train one with python -m train.set_embedder --out {path}"
+                f"no set embedder at {path}: train one with python -m train.training.set_embedder --out {path}"
             )
         return cls(SetEmbedder.from_pretrained(str(path)).eval(), group)
 

@@ -1,6 +1,6 @@
 """Synthetic visual procedures: six families drawn step by step, 4 to 8 steps (a task fine-tune's data).
 
-    python -m train.procedures --out data/procedures --split train --instances 3000
+    python -m train.data.procedures --out data/procedures --split train --instances 3000
 
 Families: stacking blocks, drawing a figure stroke by stroke, filling a grid, slicing a pie,
 a plant growing, assembling a shape from pieces. Each instance draws its own colours, layout
@@ -148,7 +148,7 @@ def set_record(split: str, index: int, k: int = 8, seed: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from train.shards import write_shards_cli
+    from train.data.shards import write_shards_cli
 
     write_shards_cli(__doc__, set_record, "instances", 3000, 500, argv)
 

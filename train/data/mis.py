@@ -1,10 +1,10 @@
 """The paper's MIS recipe: each caption rendered K times by a text-to-image model, only the initial noise varying.
 
-    python -m train.make_mis --captions cc12m.tsv --out data/mis --limit 100000
-    accelerate launch --num_processes 8 -m train.make_mis --captions cc12m.tsv --out data/mis
+    python -m train.data.mis --captions cc12m.tsv --out data/mis --limit 100000
+    accelerate launch --num_processes 8 -m train.data.mis --captions cc12m.tsv --out data/mis
 
 Input: plain text (one caption per line) or TSV such as Conceptual 12M's (`url<TAB>caption`;
-`--caption-column` picks the column). Output: webdataset shards (`train.shards`), one sample per
+`--caption-column` picks the column). Output: webdataset shards (`train.data.shards`), one sample per
 set: the K images, the caption, and a JSON of the seeds and settings. Finished shards are
 skipped, so a stopped run resumes; under `accelerate launch` each process takes its own shards.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.shards import write_shards
+from train.data.shards import write_shards
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         captions = read_captions(args.captions, args.caption_column, args.limit)
     except (OSError, ValueError, IndexError) as err:
-        print(f"make_mis: error: {err}", file=sys.stderr)
+        print(f"mis: error: {err}", file=sys.stderr)
         return 2
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     if state.device.type == "cpu":

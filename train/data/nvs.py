@@ -1,6 +1,6 @@
 """Synthetic novel views: procedural 3D objects ray-marched in torch at 8 azimuths (a task fine-tune's data).
 
-    python -m train.nvs --out data/nvs --split train --objects 2000
+    python -m train.data.nvs --out data/nvs --split train --objects 2000
 
 Each object is a signed distance function from one of 12 shape families, with random
 proportions, two colours split by a random plane (so that turning it shows), and a material
@@ -190,7 +190,7 @@ def set_record(split: str, index: int, k: int = AZIMUTHS, seed: int = 0) -> dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    from train.shards import write_shards_cli
+    from train.data.shards import write_shards_cli
 
     write_shards_cli(__doc__, set_record, "objects", 2000, 250, argv)
 

@@ -2,14 +2,14 @@
 
 loader = make_loader("data/mis-synth/train-*.tar", batch_size=8, min_k=2, max_k=6)   # shards (MIS, any task)
 loader = make_loader("synth:train", batch_size=8, min_k=2, max_k=6, n_sets=10000)   # MIS-synth, drawn on the fly
-loader = make_loader("open:train", 8, 2, 6)            # open-ended sets (train/open_sets.py); open:heldout, open:hard
-loader = make_loader("nvs:train", 8, 2, 5)             # synthetic novel views (train/nvs.py), in azimuth order
-loader = make_loader("procedure:train", 8, 2, 5)       # synthetic procedures (train/procedures.py), step order
+loader = make_loader("open:train", 8, 2, 6)            # open-ended sets (open_sets.py); open:heldout, open:hard
+loader = make_loader("nvs:train", 8, 2, 5)             # synthetic novel views (nvs.py), in azimuth order
+loader = make_loader("procedure:train", 8, 2, 5)       # synthetic procedures (procedures.py), step order
 loader = make_loader("folders:data/objaverse", 8, 2, 5)   # real data: one folder of images per set
 
 MIS sets are exchangeable (a batch takes a random subset of each); views and procedure steps are
 ordered (a batch takes a window of consecutive images, order kept), also when read from shards
-(`python -m train.nvs --out data/nvs` writes them; their records say `"ordered": true`).
+(`python -m train.data.nvs --out data/nvs` writes them; their records say `"ordered": true`).
 batch["pixels"]   (B, K, 3, H, W) in [-1, 1], for the autoencoder
 batch["content"], batch["style"]   (B,) labels, -1 where the source has none
 """
@@ -28,9 +28,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from m2m.images import load_image, to_model_size, to_tensor
-from train import nvs, open_sets, procedures, synth
-from train.shards import read_shard
-from train.sprites import load_sprites
+from train.data import nvs, open_sets, procedures, synth
+from train.data.shards import read_shard
+from train.data.sprites import load_sprites
 
 
 def shard_list(spec: str) -> list[Path]:

@@ -5,7 +5,7 @@ caption is a draw of continuous parameters, so nothing can be memorised, only re
 
 - **shape**: polygons and stars (any number of points, any inner ratio), superellipses, rings,
   crosses, crescents, smooth random closed curves, unions of 2-3 of them, or a **drawing**
-  (clip art or emoji, `train/sprites.py`, a tenth held out);
+  (clip art or emoji, `train/data/sprites.py`, a tenth held out);
 - **colours** drawn freely in HSV, 1-3 per set, plus an accent;
 - **background**: flat, gradient, stripes, dots, checks or noise, at a random scale, angle, contrast;
 - **rendering**: flat, outline of any width (filled or not), patterned fill, shading; a shadow or not.
@@ -19,7 +19,7 @@ parameters are drawn on the CPU by a generator of its own, so a set is the same 
 on CPU and CUDA (up to float rounding). Splits: `train`, `heldout` (a disjoint seed stream) and
 `hard` (shape families, hues and drawings that `train` never sees).
 
-    python -m train.open_sets --out data/open --sets 10000 --set-size 8   # MIS-layout shards
+    python -m train.data.open_sets --out data/open --sets 10000 --set-size 8   # MIS-layout shards
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from m2m.images import to_pil
-from train.sprites import load_sprites
+from train.data.sprites import load_sprites
 
 SIZE = 128
 FAMILIES = ("polygon", "superellipse", "ring", "cross", "crescent", "curve", "union", "drawing")
@@ -494,7 +494,7 @@ class OpenBatches:
     @classmethod
     def from_source(cls, source: str, batch_sets: int, min_k: int, max_k: int, device, atlas: str | None = None,
                     **kwargs) -> OpenBatches:  # fmt: skip
-        """`open:<split>` with that split's drawings (`train/sprites.py`; none without an atlas)."""
+        """`open:<split>` with that split's drawings (`train/data/sprites.py`; none without an atlas)."""
         split = source.removeprefix("open:")
         return cls(split, batch_sets, min_k, max_k, device, sprites=load_sprites(split, atlas), **kwargs)
 
@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import functools
 
-    from train.shards import write_shards_cli
+    from train.data.shards import write_shards_cli
 
     split = argparse.ArgumentParser(add_help=False)
     split.add_argument("--split", default="train")  # parsed first: it picks the drawings

@@ -1,13 +1,13 @@
-"""A small set-embedding network for label-free shape metrics: which set is this image from, colour aside?
+"""Train the set embedder (`train/evaluation/set_embedder.py`) for the label-free shape metrics.
 
-The tiny analogue of the paper's image-image CLIP score. A CNN maps an image's colour-free view
-(luminance under random channel weights, sometimes inverted, and its gradient magnitude) to a unit
-vector; it is trained contrastively on open sets (`train/open_sets.py`): two images of one set
-close, images of other sets far (InfoNCE, Oord et al. 2018 / SimCLR's NT-Xent, each set its own
-class). Colour cannot help it: the random channel weights change an image's grey levels from
-view to view, so only shape, layout, rendering and background pattern are left.
+The network maps an image's colour-free view (luminance under random channel weights, sometimes
+inverted, and its gradient magnitude) to a unit vector; it is trained contrastively on open sets
+(`train/data/open_sets.py`): two images of one set close, images of other sets far (InfoNCE,
+Oord et al. 2018 / SimCLR's NT-Xent, each set its own class). Colour cannot help it: the random
+channel weights change an image's grey levels from view to view, so only shape, layout,
+rendering and background pattern are left.
 
-    python -m train.set_embedder --out checkpoints/set-embedder --steps 3000 --device cuda
+    python -m train.training.set_embedder --out checkpoints/set-embedder --steps 3000 --device cuda
 """
 
 from __future__ import annotations
@@ -19,31 +19,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import ConfigMixin, ModelMixin
-from diffusers.configuration_utils import register_to_config
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
 from m2m.sets import atomic_folder
-from train.open_sets import OpenBatches
-from train.sprites import load_sprites
-
-LUMA = (0.299, 0.587, 0.114)
-
-
-def colour_free(pixels: Tensor, weights: Tensor | None = None, invert: Tensor | None = None) -> Tensor:
-    """Images (N, 3, H, W) in [-1, 1] -> (N, 2, H, W): standardised grey levels and their gradient magnitude.
-
-    `weights` (N, 3) mix the channels (default: luminance); `invert` (N,) flips the grey levels.
-    """
-    w = torch.tensor(LUMA, device=pixels.device).expand(pixels.shape[0], 3) if weights is None else weights
-    grey = (pixels * w[:, :, None, None]).sum(1, keepdim=True)  # (N, 1, H, W)
-    if invert is not None:
-        grey = torch.where(invert[:, None, None, None], -grey, grey)
-    grey = (grey - grey.mean((2, 3), keepdim=True)) / (grey.std((2, 3), keepdim=True) + 0.05)
-    dx, dy = grey[..., :, 1:] - grey[..., :, :-1], grey[..., 1:, :] - grey[..., :-1, :]
-    edges = F.pad(dx.abs(), (0, 1)) + F.pad(dy.abs(), (0, 0, 0, 1))
-    return torch.cat([grey, edges], 1)
+from train.data.open_sets import OpenBatches
+from train.data.sprites import load_sprites
+from train.evaluation.set_embedder import SetEmbedder, colour_free
 
 
 def random_view(pixels: Tensor, gen: torch.Generator | None = None) -> Tensor:
@@ -53,33 +35,6 @@ def random_view(pixels: Tensor, gen: torch.Generator | None = None) -> Tensor:
     weights = weights / weights.sum(1, keepdim=True)
     invert = (torch.rand(n, generator=gen) < 0.5).to(pixels.device)
     return colour_free(pixels, weights, invert)
-
-
-class SetEmbedder(ModelMixin, ConfigMixin):
-    """Colour-free view (N, 2, H, W) -> unit embedding (N, dim)."""
-
-    @register_to_config
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 192), dim: int = 128):
-        super().__init__()
-        layers, c_in = [], 2
-        for c in widths:  # each stage halves the resolution
-            layers += [nn.Conv2d(c_in, c, 3, 2, 1), nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, c, 3, 1, 1),
-                       nn.GroupNorm(8, c), nn.SiLU()]  # fmt: skip
-            c_in = c
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Linear(2 * c_in, 256), nn.SiLU(), nn.Linear(256, dim))
-
-    def forward(self, view: Tensor) -> Tensor:
-        h = self.features(view)  # (N, C, H/16, W/16)
-        pooled = torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1)  # (N, 2C)
-        return F.normalize(self.head(pooled), dim=1)
-
-    @torch.no_grad()
-    def embed(self, pixels: Tensor, batch: int = 128) -> Tensor:
-        """Images (N, 3, H, W) in [-1, 1] -> unit embeddings (N, dim) of their luminance view."""
-        self.eval()
-        dev = self.device
-        return torch.cat([self(colour_free(c.to(dev))).float().cpu() for c in pixels.split(batch)])
 
 
 def info_nce(a: Tensor, b: Tensor, temperature: float = 0.1) -> Tensor:

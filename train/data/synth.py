@@ -5,7 +5,7 @@ with its background, and a rendering: flat, outline or textured). Each image of 
 the same caption with its own layout, pose, count and detail, as MIS's images share a caption
 and differ in their initial noise. Everything is deterministic by seed.
 
-    python -m train.synth --out data/mis-synth --sets 10000 --set-size 8
+    python -m train.data.synth --out data/mis-synth --sets 10000 --set-size 8
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def set_record(split: str, index: int, k: int, seed: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from train.shards import write_shards_cli
+    from train.data.shards import write_shards_cli
 
     write_shards_cli(__doc__, set_record, "sets", 10000, 500, argv, set_size=8)
 
