@@ -8,6 +8,7 @@ scores the data's chroma variance (about 0.035); a score below that means colour
     python bench/autoencoder_colour.py --model kl --steps 200
     python bench/autoencoder_colour.py --model kl --overrides '{"latent_channels": 8}'
     python bench/autoencoder_colour.py --model plain --norm group
+    python bench/autoencoder_colour.py --model colour     # m2m/autoencoder.py: the fix
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path: the repository's train/ too
+from m2m.autoencoder import ColourAutoencoderKL
 from m2m.presets import TINY
 from train.data.open_sets import OpenBatches
 
@@ -62,7 +64,7 @@ def chroma_error(model: nn.Module, x: Tensor) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["kl", "plain"], default="kl")
+    p.add_argument("--model", choices=["kl", "colour", "plain"], default="kl", help="colour: ColourAutoencoderKL")
     p.add_argument("--overrides", default="{}", help="JSON overrides of the tiny AutoencoderKL config")
     p.add_argument("--norm", choices=["group", "none"], default="none", help="plain model: GroupNorm(2) or none")
     p.add_argument("--steps", type=int, default=200)
@@ -70,8 +72,9 @@ def main() -> None:
     p.add_argument("--every", type=int, default=50)
     args = p.parse_args()
     torch.manual_seed(0)
-    if args.model == "kl":
-        model = AutoencoderKL(**{**TINY.vae, **json.loads(args.overrides)})
+    if args.model in ("kl", "colour"):
+        cls = AutoencoderKL if args.model == "kl" else ColourAutoencoderKL
+        model = cls(**{**TINY.vae, **json.loads(args.overrides)})
     else:
         model = PlainAutoencoder(args.norm == "group")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)

@@ -18,6 +18,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import Dinov2Config, Dinov2Model
 
 from m2m.attention import VARIANTS, ImageSetAttention
+from m2m.autoencoder import ColourAutoencoderKL
 from m2m.encoders import ENCODERS
 from m2m.pipeline import M2MPipeline
 
@@ -34,6 +35,7 @@ class Preset:
     max_context_tokens: int | None = 64  # M2M-Self: context tokens per image and layer (pooled above)
     hub_id: str | None = None  # Stable Diffusion weights
     image_encoder_hub_id: str | None = None
+    vae_colour_path: bool = False  # ColourAutoencoderKL: a tiny autoencoder that keeps colour (m2m/autoencoder.py)
 
     def replace(self, **changes: Any) -> Preset:
         return dataclasses.replace(self, **changes)
@@ -59,6 +61,7 @@ TINY = Preset(
         # few groups: GroupNorm removes each group's mean, so 2-channel groups could hardly carry a colour
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     ),
+    vae_colour_path=True,  # without it, a tiny autoencoder trained on open sets returns grey images
     image_encoder=dict(
         hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768,
         patch_size=16, image_size=128,
@@ -121,12 +124,18 @@ def build_isa(preset: Preset, unet: UNet2DConditionModel, variant: str) -> Image
     )
 
 
+def build_autoencoder(preset: Preset | str) -> AutoencoderKL:
+    """The preset's autoencoder with random weights: AutoencoderKL, or ColourAutoencoderKL for the tiny one."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    return (ColourAutoencoderKL if preset.vae_colour_path else AutoencoderKL)(**preset.vae)
+
+
 def build_pipeline(preset: Preset | str, variant: str = "self", seed: int = 0) -> M2MPipeline:
     """The preset's architecture with random weights, built from config: nothing is downloaded."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**preset.unet)
-    vae = AutoencoderKL(**preset.vae)
+    vae = build_autoencoder(preset)
     encoder = Dinov2Model(Dinov2Config(**preset.image_encoder)) if needs_image_encoder(variant) else None
     isa = build_isa(preset, unet, variant)
     for module in (unet, vae, isa, encoder):

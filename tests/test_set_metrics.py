@@ -51,6 +51,13 @@ def test_colour_retrieval_of_the_truth_is_high_and_of_other_sets_near_chance(ope
     assert metrics(contexts, shuffled(truth))["colour_retrieval"] <= 0.15
 
 
+def test_colour_retrieval_of_grey_images_is_chance(open_sets):
+    """Grey outputs of the right lightness must not score: colour means chroma here."""
+    contexts, truth = open_sets
+    grey = [[img.convert("L").convert("RGB") for img in row] for row in truth]
+    assert SetMetrics(SetEmbedder(), GROUP)(contexts, grey)["colour_retrieval"] <= 1.5 / GROUP
+
+
 @pytest.mark.skipif(not Path(DEFAULT_EMBEDDER).exists(), reason="no shipped set embedder")
 def test_shipped_embedder_retrieves_the_truth_and_not_other_sets(open_sets):
     contexts, truth = open_sets

@@ -16,6 +16,7 @@ import json
 import torch
 from diffusers import AutoencoderKL
 
+from m2m.autoencoder import load_autoencoder
 from m2m.images import to_model_size, to_pil, to_tensor
 from train.evaluation.evaluate import load_sets
 from train.evaluation.set_metrics import colour_histograms, own_set_retrieval
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     sets = {src: images_of(src, args.sets, args.length) for src in args.data}
     results = {}
     for folder in args.vae:
-        vae = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32).eval()
+        vae = load_autoencoder(folder, torch_dtype=torch.float32).eval()
         results[folder] = {src: check(vae, s, args.context) for src, s in sets.items()}
     print("| autoencoder | data | sets | PSNR dB | colour retrieval, round trip | colour retrieval, truth |")
     print("|---|---|---|---|---|---|")

@@ -1,8 +1,8 @@
 """Set metrics that need no labels: which set does each generated image belong to? (issue 13, point 2)
 
-- **colour**: own-set retrieval by colour histogram among `group` sets (16): a generated image
-  counts when its histogram is closer to its own context's mean histogram than to any other
-  set's context. Chance is 1 / group.
+- **colour**: own-set retrieval by chroma histogram (colour without lightness) among `group` sets
+  (16): a generated image counts when its histogram is closer to its own context's mean histogram
+  than to any other set's context. Chance is 1 / group.
 - **shape**: the same with the set embedder's colour-free embedding (`train/evaluation/set_embedder.py`).
 - **similarity**: mean cosine of the embedding of a generated image to its own context's images.
 
@@ -18,31 +18,34 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from m2m.autoencoder import COLOUR_BASIS
 from m2m.images import to_model_size, to_tensor
 from train.evaluation.set_embedder import SetEmbedder
 
-BINS = 8  # per channel: 512 colour bins
+BINS = 16  # per opponent axis: 256 chroma bins
 DEFAULT_EMBEDDER = Path("checkpoints/set-embedder")
+OPPONENT = COLOUR_BASIS[1:]  # red-green and yellow-blue: orthogonal to grey, so adding lightness moves neither
 
 
 def colour_histograms(pixels: Tensor) -> Tensor:
-    """Images (N, 3, H, W) in [-1, 1] -> unit-norm square roots of their joint RGB histograms (N, BINS³).
+    """Images (N, 3, H, W) in [-1, 1] -> unit-norm square roots of their chroma histograms (N, BINS²).
 
-    Soft (trilinear) binning: each pixel is shared between the 8 bin centres around its colour, so a
-    colour that moves a little moves its mass a little, instead of jumping to another bin.
+    Chroma is the colour without its lightness: the two opponent coordinates (red-green, yellow-blue)
+    of each pixel. A grey image puts all its mass in the centre bin whatever its lightness, so grey
+    outputs score at chance; a joint RGB histogram gave them half the truth's score, by matching the
+    context's lightness. Soft (bilinear) binning: a colour that moves a little moves its mass a little.
     """
-    n = pixels.shape[0]
-    x = ((pixels.detach().float().cpu().clamp(-1, 1) + 1) / 2 * (BINS - 1)).flatten(2)  # (N, 3, P) in bin units
-    lo = x.floor().clamp(max=BINS - 2).long()
-    frac = x - lo  # (N, 3, P)
-    hist = torch.zeros(n, BINS**3)
-    for corner in range(8):  # the 8 corners of the colour's bin cell
-        bits = [(corner >> c) & 1 for c in range(3)]
-        weight = torch.ones_like(frac[:, 0])
-        for c, bit in enumerate(bits):
-            weight = weight * (frac[:, c] if bit else 1 - frac[:, c])
-        idx = ((lo[:, 0] + bits[0]) * BINS + lo[:, 1] + bits[1]) * BINS + lo[:, 2] + bits[2]  # (N, P)
-        hist.scatter_add_(1, idx, weight)
+    rgb = (pixels.detach().float().cpu().clamp(-1, 1) + 1) / 2  # (N, 3, H, W) in [0, 1]
+    ab = torch.einsum("kc,nchw->nkhw", torch.tensor(OPPONENT), rgb).flatten(2)  # (N, 2, P)
+    reach = torch.tensor(OPPONENT).clamp(min=0).sum(1)[None, :, None]  # (1, 2, 1): max |coordinate|
+    u = (ab / reach + 1) / 2 * (BINS - 1)  # (N, 2, P) in bin units
+    lo = u.floor().clamp(0, BINS - 2).long()
+    frac = (u - lo).clamp(0, 1)
+    hist = torch.zeros(rgb.shape[0], BINS**2)
+    for i in (0, 1):  # the 4 corners of the chroma's bin cell
+        for j in (0, 1):
+            weight = (frac[:, 0] if i else 1 - frac[:, 0]) * (frac[:, 1] if j else 1 - frac[:, 1])  # (N, P)
+            hist.scatter_add_(1, (lo[:, 0] + i) * BINS + lo[:, 1] + j, weight)
     return F.normalize(hist.sqrt(), dim=1)  # Hellinger: cosine of square roots
 
 

@@ -8,7 +8,7 @@ convolutional, and what is slow to learn (an image's overall colours, which ever
 normalises away and the network must learn to carry in its channel patterns) is learnt 4x cheaper.
 At the end the latent scale (`scaling_factor`) is set to 1 / std of the held-out latents, so that
 the diffusion model sees unit-variance latents. The result is a
-diffusers folder (`AutoencoderKL.from_pretrained(out)`) and `metrics.json`.
+diffusers folder (`m2m.autoencoder.load_autoencoder(out)`) and `metrics.json`.
 
     # the decoder only, on more colours: the encoder (so the latent space, so every diffusion model
     # trained on it) stays as it is, while decoded colours get closer to the task data's
@@ -33,7 +33,8 @@ from diffusers import AutoencoderKL
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
-from m2m.presets import get_preset
+from m2m.autoencoder import load_autoencoder
+from m2m.presets import build_autoencoder, get_preset
 from m2m.sets import atomic_folder
 from train.data.loader import make_loader
 from train.data.open_sets import OpenBatches
@@ -141,7 +142,7 @@ def build(
     """The autoencoder (new or from --init), its optimiser and its warm-up-and-cosine schedule."""
     torch.manual_seed(args.seed)
     preset = get_preset(args.preset)
-    vae = (AutoencoderKL.from_pretrained(args.init) if args.init else AutoencoderKL(**preset.vae)).train()
+    vae = (load_autoencoder(args.init) if args.init else build_autoencoder(preset)).train()
     vae.to(args.device)
     if args.decoder_only:
         vae.encoder.requires_grad_(False)

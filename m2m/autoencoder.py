@@ -1,0 +1,82 @@
+"""The tiny presets' autoencoder: diffusers' AutoencoderKL with a linear colour path beside the deep one.
+
+A tiny AutoencoderKL trained on open-ended sets learns lightness and returns every image grey: its
+latents carry no chroma at all (docs/open-sets.md). Trained to output the 8x8 mean of its input, a
+linear map, its encoder still gets the lightness and not the colour; take away the GroupNorm before
+its `conv_out` and it does learn the colour. Each GroupNorm divides a whole image's features by their
+spread, so how colourful the image is must be rebuilt from channel patterns, which a narrow network
+learns slowly. SD's wide autoencoder learns it over a long training; ours must learn it in minutes.
+
+So the colour also takes a path with no norm in it, in both directions:
+
+    latent mean = deep encoder(x)  + colour_in(mean of x over each 8x8 block)
+    image       = deep decoder(z)  + upsample(colour_out(z))
+
+`colour_in` starts as an orthonormal lightness/opponent-colour basis into the first three latent
+channels and `colour_out` as its inverse, while the deep paths start at zero: at initialisation the
+round trip is the block-mean image, in colour, and training adds the detail. The interface is
+AutoencoderKL's (`encode(x).latent_dist`, `decode(z).sample`, `config.scaling_factor`), and so is
+the config: a pipeline folder names this class for its `vae`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, ModelMixin
+from diffusers.models.autoencoders.vae import DecoderOutput
+from torch import Tensor, nn
+
+# rows: lightness, red-green, yellow-blue; orthonormal, so colour_out = colour_in's transpose inverts it
+COLOUR_BASIS = (
+    (1 / math.sqrt(3),) * 3,
+    (1 / math.sqrt(2), -1 / math.sqrt(2), 0.0),
+    (1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6)),
+)
+
+
+class ColourAutoencoderKL(AutoencoderKL, ModelMixin):  # ModelMixin named here: diffusers' pipeline
+    # loader looks for the base class among a custom component's module attributes
+    """AutoencoderKL whose colour also takes a linear path at latent resolution (module docstring)."""
+
+    @functools.wraps(AutoencoderKL.__init__)  # the same config as AutoencoderKL, so from_pretrained reads it
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        c, rgb = self.config.latent_channels, self.config.in_channels
+        if c < 3 or rgb != 3 or self.config.out_channels != 3:
+            raise ValueError(f"the colour path needs RGB images and >= 3 latent channels, got {rgb} -> {c}")
+        self.colour_in, self.colour_out = nn.Conv2d(3, c, 1), nn.Conv2d(c, 3, 1)
+        basis = torch.tensor(COLOUR_BASIS)  # (3, 3)
+        with torch.no_grad():
+            for conv in (self.colour_in, self.colour_out):
+                conv.weight.zero_(), conv.bias.zero_()
+            self.colour_in.weight[:3, :, 0, 0] = basis
+            self.colour_out.weight[:, :3, 0, 0] = basis.T
+            self.quant_conv.weight[:c].zero_(), self.quant_conv.bias[:c].zero_()  # the deep mean starts at 0
+            self.decoder.conv_out.weight.zero_(), self.decoder.conv_out.bias.zero_()
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+    def _encode(self, x: Tensor) -> Tensor:
+        """Images (N, 3, H, W) -> moments (N, 2c, H/f, W/f): the deep path's, plus the colour path's mean."""
+        moments = super()._encode(x)
+        colour = self.colour_in(F.avg_pool2d(x, self.factor))  # (N, c, H/f, W/f)
+        return torch.cat([moments[:, : colour.shape[1]] + colour, moments[:, colour.shape[1] :]], 1)
+
+    def _decode(self, z: Tensor, return_dict: bool = True) -> DecoderOutput | tuple[Tensor]:
+        """Latents (N, c, h, w) -> images (N, 3, h*f, w*f): the deep path's, plus the colour path's."""
+        deep = super()._decode(z, return_dict=False)[0]
+        colour = F.interpolate(self.colour_out(z), scale_factor=self.factor, mode="bilinear")  # (N, 3, H, W)
+        return DecoderOutput(sample=deep + colour) if return_dict else (deep + colour,)
+
+
+def load_autoencoder(folder: str, **kwargs) -> AutoencoderKL:
+    """An autoencoder folder, as the class its config names (AutoencoderKL or ColourAutoencoderKL)."""
+    config = AutoencoderKL.load_config(folder, **{k: v for k, v in kwargs.items() if k == "subfolder"})
+    cls = ColourAutoencoderKL if config.get("_class_name") == ColourAutoencoderKL.__name__ else AutoencoderKL
+    return cls.from_pretrained(folder, **kwargs)

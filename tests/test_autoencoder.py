@@ -1,0 +1,56 @@
+"""ColourAutoencoderKL: colour survives the round trip from the first step, and the class survives saving."""
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+
+from m2m.autoencoder import ColourAutoencoderKL, load_autoencoder
+from m2m.pipeline import M2MPipeline
+from m2m.presets import TINY, build_autoencoder, build_pipeline
+
+SMALL = dict(TINY.vae, block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+             up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32)  # fmt: skip
+
+
+def round_trip(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
+    return vae.decode(vae.encode(x).latent_dist.mode()).sample
+
+
+def test_untrained_round_trip_is_the_block_mean_image_in_colour():
+    torch.manual_seed(0)
+    vae = ColourAutoencoderKL(**SMALL)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1  # (N, 3, H, W)
+    block_mean = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="bilinear")
+    torch.testing.assert_close(round_trip(vae, x), block_mean, atol=1e-5, rtol=0)
+    # a plain AutoencoderKL of the same config starts far from it
+    assert (round_trip(AutoencoderKL(**SMALL), x) - block_mean).abs().mean() > 0.1
+
+
+def test_colour_path_gets_gradients_and_deep_paths_can_start_learning():
+    vae = ColourAutoencoderKL(**SMALL)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    F.mse_loss(round_trip(vae, x), torch.zeros_like(x)).backward()
+    for conv in (vae.colour_in, vae.colour_out, vae.decoder.conv_out, vae.quant_conv):
+        assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+def test_saved_folder_loads_as_the_class_it_was_saved_as(tmp_path):
+    vae = ColourAutoencoderKL(**SMALL)
+    with torch.no_grad():
+        vae.colour_out.bias.fill_(0.25)
+    vae.save_pretrained(tmp_path / "colour")
+    AutoencoderKL(**SMALL).save_pretrained(tmp_path / "plain")
+    loaded = load_autoencoder(tmp_path / "colour")
+    assert type(loaded) is ColourAutoencoderKL and torch.equal(loaded.colour_out.bias, vae.colour_out.bias)
+    assert type(load_autoencoder(tmp_path / "plain")) is AutoencoderKL
+
+
+def test_tiny_pipeline_saves_and_loads_its_colour_autoencoder(tmp_path):
+    assert type(build_autoencoder("tiny")) is ColourAutoencoderKL
+    assert type(build_autoencoder("sd21-base")) is AutoencoderKL
+    pipe = build_pipeline("tiny", "self")
+    pipe.save_pretrained(tmp_path)
+    loaded = M2MPipeline.from_pretrained(tmp_path)
+    assert type(loaded.vae) is ColourAutoencoderKL
+    x = torch.rand(1, 3, 128, 128) * 2 - 1
+    torch.testing.assert_close(round_trip(loaded.vae, x), round_trip(pipe.vae, x))
