@@ -2,23 +2,26 @@
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from accelerate.utils import DistributedType
 from diffusers.training_utils import EMAModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from m2m.attention import cross_attentions
-from m2m.pipeline import CheckpointError, load_pipeline
+from m2m.loading import CheckpointError, load_pipeline
 from m2m.presets import build_pipeline
-from train.training.m2m import TRAIN_PRESETS, parse_args, train
+from train.training.m2m import TRAIN_PRESETS, check_strategy, parse_args, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,6 +139,29 @@ def test_two_process_data_parallel_on_cpu(micro, tmp_path):
     assert "on 2 process(es), DistributedType.MULTI_CPU" in proc.stdout
     assert [s for s, _ in losses(tmp_path / "run")] == [1, 2, 3]
     assert load_pipeline(tmp_path / "run" / "pipeline").variant == "self"
+
+
+def test_only_strategies_that_keep_parameters_whole_are_accepted():
+    """The EMA, gradient clipping and the export hold whole parameters: FSDP and ZeRO-3 would give them one shard."""
+
+    def accelerator(kind: DistributedType, stage: int = 0) -> SimpleNamespace:
+        plugin = SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": stage}})
+        return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(deepspeed_plugin=plugin))
+
+    for refused in (accelerator(DistributedType.FSDP), accelerator(DistributedType.DEEPSPEED, 3)):
+        with pytest.raises(ValueError, match=r"shards the parameters.*deepspeed-zero2\.yaml"):
+            check_strategy(refused, 2)
+    zero2 = accelerator(DistributedType.DEEPSPEED, 2)
+    check_strategy(zero2, 4)
+    assert zero2.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 4
+    check_strategy(accelerator(DistributedType.MULTI_GPU), 4)
+
+
+def test_the_accelerate_configs_the_docs_name_exist():
+    texts = [ROOT / "README.md", ROOT / "train/training/m2m.py", *sorted((ROOT / "docs").glob("*.md"))]
+    named = {m for path in texts for m in re.findall(r"train/accelerate/[\w.-]+\.yaml", path.read_text())}
+    assert "train/accelerate/deepspeed-zero2.yaml" in named
+    assert [name for name in sorted(named) if not (ROOT / name).is_file()] == []
 
 
 def test_config_presets_and_flags():

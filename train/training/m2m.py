@@ -2,8 +2,8 @@
 
     # tiny, from scratch, on this CPU (the autoencoder and the DINO encoder are pretrained first)
     python -m train.training.m2m --preset tiny --variant self --vae runs/vae-tiny --out runs/m2m-self-tiny
-    # full scale, from SD-2.1-base, on 8 GPUs with FSDP
-    accelerate launch --config_file train/accelerate/fsdp.yaml -m train.training.m2m --preset sd21-base \\
+    # full scale, from SD-2.1-base, on 8 GPUs with DeepSpeed ZeRO-2 (or train/accelerate/ddp.yaml; not FSDP)
+    accelerate launch --config_file train/accelerate/deepspeed-zero2.yaml -m train.training.m2m --preset sd21-base \\
         --variant dino --data "data/mis/train-*.tar" --out runs/m2m-dino-sd21
 
 Each step takes a batch of sets of one length K (sampled per batch), noises every image at
@@ -31,18 +31,21 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from diffusers import AutoencoderKL, DDIMScheduler
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 from transformers import Dinov2Model
 
 from m2m.adapters import add_lora, save_adapter
-from m2m.attention import cross_attentions
+from m2m.autoencoder import load_autoencoder
+from m2m.encoders import vae_latents
 from m2m.images import to_pil
+from m2m.loading import load_pipeline
 from m2m.model import M2MModel
-from m2m.pipeline import M2MPipeline, load_pipeline
+from m2m.pipeline import M2MPipeline
 from m2m.presets import build_pipeline, from_hub, get_preset
+from m2m.sampling import SamplingParams
 from m2m.sets import atomic_folder, contact_sheet, stack_rows
 from train.data.loader import make_loader
 from train.data.open_sets import OpenBatches
@@ -141,19 +144,17 @@ def build_start(cfg: TrainConfig) -> M2MPipeline:
     pipe = build_pipeline(preset, cfg.variant, seed=cfg.seed)
     if cfg.vae is None and cfg.steps > 10:
         raise ValueError("the tiny preset trains on a fitted autoencoder: pass --vae (train/training/autoencoder.py)")
-    vae = AutoencoderKL.from_pretrained(cfg.vae, torch_dtype=torch.float32) if cfg.vae else pipe.vae
+    vae = load_autoencoder(cfg.vae, torch_dtype=torch.float32) if cfg.vae else pipe.vae
     encoder = pipe.image_encoder
-    if cfg.variant == "dino" and cfg.image_encoder is not None:  # also the fp16 one inside a shipped checkpoint
+    if encoder is not None and cfg.image_encoder is not None:  # M2M-DINO; also the fp16 one of a shipped checkpoint
         encoder = Dinov2Model.from_pretrained(cfg.image_encoder, dtype=torch.float32)
     return M2MPipeline(unet=pipe.unet, vae=vae, scheduler=pipe.scheduler, isa=pipe.isa, image_encoder=encoder)
 
 
 def trainable(model: M2MModel) -> list[torch.nn.Parameter]:
-    """UNet + ISA; M2M-Self does not use the text K/V projections, which ISA replaced with its own."""
-    if model.variant == "self":
-        for _, attn in cross_attentions(model.unet):
-            attn.to_k.requires_grad_(False)
-            attn.to_v.requires_grad_(False)
+    """UNet + ISA, less the weights the variant's context encoder never uses (M2M-Self: the text K/V)."""
+    for p in model.encoder.unused_parameters(model):
+        p.requires_grad_(False)
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -165,8 +166,8 @@ def lr_lambda(cfg: TrainConfig):
 @torch.no_grad()
 def to_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
     """Sets (B, K, 3, H, W) in [-1, 1] -> scaled posterior-mean latents (B, K, 4, h, w), as the pipeline encodes."""
-    z = torch.cat([vae.encode(c).latent_dist.mode() for c in pixels.flatten(0, 1).split(64)])
-    return (z * vae.config.scaling_factor).unflatten(0, pixels.shape[:2])
+    z = torch.cat([vae_latents(vae, c) for c in pixels.flatten(0, 1).split(64)])
+    return z.unflatten(0, pixels.shape[:2])
 
 
 class Validation:
@@ -190,12 +191,12 @@ class Validation:
 
 
 @torch.no_grad()
-def sample_grid(pipe: M2MPipeline, sets: torch.Tensor, path: Path, steps: int = 25) -> None:
+def sample_grid(pipe: M2MPipeline, sets: torch.Tensor, path: Path) -> None:
     """One row per held-out set (K, 3, H, W): 3 context images | 3 generated. Saved as one PNG."""
     rows = []
     for pixels in sets:
         context = to_pil(pixels[:3])
-        generated = pipe(context, num_images=3, num_inference_steps=steps, guidance_scale=2.0, seed=0).images
+        generated = pipe(context, num_images=3, params=SamplingParams(guidance=2.0)).images
         rows.append(contact_sheet(context, generated))
     path.parent.mkdir(parents=True, exist_ok=True)
     stack_rows(rows).save(path)
@@ -253,12 +254,27 @@ class CsvLog:
             csv.DictWriter(f, LOG_FIELDS).writerow(row)
 
 
+def check_strategy(accelerator: Accelerator, batch_sets: int) -> None:
+    """DDP or DeepSpeed ZeRO-2, which keep every parameter whole on each process; FSDP and ZeRO-3 are refused.
+
+    The EMA and gradient clipping hold the module's own parameters, and the EMA is checkpointed from the main
+    process only: under a strategy that shards the parameters, both would see one shard (docs/training.md).
+    """
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    plugin = accelerator.state.deepspeed_plugin if accelerator.distributed_type == DistributedType.DEEPSPEED else None
+    if plugin is not None:
+        sharded = plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0) == 3
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_sets  # our loader is not prepared
+    if sharded:
+        raise ValueError(f"{accelerator.distributed_type} shards the parameters, which the EMA and its export do not "
+                         "support: use train/accelerate/deepspeed-zero2.yaml or ddp.yaml")  # fmt: skip
+
+
 def train(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them; no effect on CPU
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to, project_dir=str(out))
-    if accelerator.state.deepspeed_plugin is not None:  # our loader is not prepared: DeepSpeed needs the batch size
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_sets
+    check_strategy(accelerator, cfg.batch_sets)
     pipe = build_start(cfg)
     set_seed(cfg.seed, device_specific=True)  # after building (which seeds itself): different noise on every rank
     if cfg.lora_rank:
@@ -317,7 +333,7 @@ def train(cfg: TrainConfig) -> dict:
         with accelerator.autocast() if pixels.is_cuda else nullcontext():  # bf16 encode on a GPU
             latents = to_latents(vae, pixels.to(vae.dtype)).float()  # (B, K, 4, h, w); noised in fp32
         with accelerator.autocast():
-            loss = model(latents, pixels if cfg.variant == "dino" else None).mean()
+            loss = model(latents, pixels).mean()  # pixels: what M2M-DINO's encoder reads
         accelerator.backward(loss)
         if cfg.grad_clip:
             accelerator.clip_grad_norm_(params, cfg.grad_clip)
