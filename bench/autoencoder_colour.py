@@ -9,6 +9,7 @@ scores the data's chroma variance (about 0.035); a score below that means colour
     python bench/autoencoder_colour.py --model kl --overrides '{"latent_channels": 8}'
     python bench/autoencoder_colour.py --model plain --norm group
     python bench/autoencoder_colour.py --model colour     # m2m/autoencoder.py: the fix
+    python bench/autoencoder_colour.py --task encode-mean [--drop-out-norm encoder]   # can the encoder carry colour?
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path: the repository's train/ too
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 from m2m.autoencoder import ColourAutoencoderKL
 from m2m.presets import TINY
 from train.data.open_sets import OpenBatches
@@ -55,11 +57,25 @@ def round_trip(model: nn.Module, x: Tensor) -> Tensor:
     return model(x)
 
 
-def chroma_error(model: nn.Module, x: Tensor) -> float:
+def block_mean(x: Tensor) -> Tensor:
+    """Images (N, 3, H, W) -> (N, 4, H/8, W/8): each 8x8 block's mean colour and a zero channel."""
+    mean = F.avg_pool2d(x, 8)
+    return torch.cat([mean, torch.zeros_like(mean[:, :1])], 1)
+
+
+def output_and_target(model: nn.Module, x: Tensor, task: str) -> tuple[Tensor, Tensor]:
+    """round-trip: the reconstruction of x. encode-mean: the encoder alone, taught a linear map (the block mean)."""
+    if task == "encode-mean":
+        return model.encode(x).latent_dist.mode(), block_mean(x)
+    return round_trip(model, x), x
+
+
+def chroma_error(model: nn.Module, x: Tensor, task: str) -> float:
     """MSE of the colour apart from lightness (each pixel minus its channel mean), on held-out images."""
     with torch.no_grad():
-        r = round_trip(model, x).clamp(-1, 1)
-    return F.mse_loss(r - r.mean(1, keepdim=True), x - x.mean(1, keepdim=True)).item()
+        out, target = output_and_target(model, x, task)
+    out, target = out[:, :3].clamp(-1, 1), target[:, :3]
+    return F.mse_loss(out - out.mean(1, keepdim=True), target - target.mean(1, keepdim=True)).item()
 
 
 def main() -> None:
@@ -67,6 +83,9 @@ def main() -> None:
     p.add_argument("--model", choices=["kl", "colour", "plain"], default="kl", help="colour: ColourAutoencoderKL")
     p.add_argument("--overrides", default="{}", help="JSON overrides of the tiny AutoencoderKL config")
     p.add_argument("--norm", choices=["group", "none"], default="none", help="plain model: GroupNorm(2) or none")
+    p.add_argument("--task", choices=["round-trip", "encode-mean"], default="round-trip")
+    p.add_argument("--drop-out-norm", choices=["encoder", "decoder"], nargs="*", default=[],
+                   help="kl: replace the GroupNorm before conv_out of these halves by the identity")  # fmt: skip
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--every", type=int, default=50)
@@ -75,21 +94,24 @@ def main() -> None:
     if args.model in ("kl", "colour"):
         cls = AutoencoderKL if args.model == "kl" else ColourAutoencoderKL
         model = cls(**{**TINY.vae, **json.loads(args.overrides)})
+        for half in args.drop_out_norm:
+            getattr(model, half).conv_norm_out = nn.Identity()
     else:
         model = PlainAutoencoder(args.norm == "group")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     data = OpenBatches("train", 8, 4, 4, "cpu", size=64).iterate(0)
     held = OpenBatches("heldout", 16, 1, 1, "cpu", size=64).batch(0)["pixels"][:, 0]  # (16, 3, 64, 64)
-    print(f"step 0: chroma error {chroma_error(model, held):.4f}")
+    print(f"step 0: chroma error {chroma_error(model, held, args.task):.4f}")
     start = time.monotonic()
     for step in range(1, args.steps + 1):
         x = next(data)["pixels"].flatten(0, 1)  # (32, 3, 64, 64)
-        loss = F.mse_loss(round_trip(model, x), x)
+        loss = F.mse_loss(*output_and_target(model, x, args.task))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % args.every == 0:
-            print(f"step {step}: chroma error {chroma_error(model, held):.4f} ({time.monotonic() - start:.0f} s)")
+            error = chroma_error(model, held, args.task)
+            print(f"step {step}: chroma error {error:.4f} ({time.monotonic() - start:.0f} s)")
 
 
 if __name__ == "__main__":
