@@ -21,13 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
 from PIL import Image
 
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 from m2m.images import to_pil
 from m2m.pipeline import M2MPipeline
 from m2m.presets import Preset, build_pipeline, get_preset

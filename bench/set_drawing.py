@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path: the repository's train/ too
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 from train.data import synth
 from train.data.open_sets import OpenSets
 from train.data.sprites import load_sprites

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path: the repository's train/ too
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 from m2m.model import M2MModel
 from m2m.presets import build_pipeline
 from train.data.open_sets import OpenBatches

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 from train.data.shards import write_shards
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"

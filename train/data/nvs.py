@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 SIZE = 128
 AZIMUTHS = 8

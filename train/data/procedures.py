@@ -12,9 +12,14 @@ deterministic given (split, index, seed).
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 SIZE = 128
 SS = 2  # supersampling

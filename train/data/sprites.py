@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
+
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 CLIPART = Path("/usr/share/openclipart/png")
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")

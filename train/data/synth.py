@@ -11,10 +11,15 @@ and differ in their initial noise. Everything is deterministic by seed.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 SIZE = 128
 SUPERSAMPLE = 2

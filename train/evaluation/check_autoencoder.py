@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
 
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.autoencoder import load_autoencoder
 from m2m.images import to_model_size, to_pil, to_tensor
 from train.evaluation.evaluate import load_sets

@@ -9,8 +9,11 @@ folders of images given with `--folders` (for example examples/zero-shot/*).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.images import load_image
 from m2m.pipeline import load_pipeline
 from m2m.sets import contact_sheet, stack_rows

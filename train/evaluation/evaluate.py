@@ -28,6 +28,7 @@ import argparse
 import functools
 import itertools
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -37,6 +38,8 @@ from PIL import Image
 from scipy import linalg
 from tqdm import tqdm
 
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.images import to_model_size, to_pil, to_tensor
 from m2m.pipeline import M2MPipeline, load_pipeline
 from train.data.loader import SetDataset

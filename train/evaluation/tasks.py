@@ -20,12 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 from tqdm import tqdm
 
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.images import to_model_size, to_tensor
 from m2m.pipeline import load_pipeline
 from train.data.loader import SetDataset

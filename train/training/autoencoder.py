@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -33,6 +34,8 @@ from diffusers import AutoencoderKL
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.autoencoder import load_autoencoder
 from m2m.presets import build_autoencoder, get_preset
 from m2m.sets import atomic_folder

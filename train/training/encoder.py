@@ -19,6 +19,7 @@ import argparse
 import copy
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from transformers import Dinov2Config, Dinov2Model
 
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.encoders import dino_inputs
 from m2m.presets import get_preset
 from m2m.sets import atomic_folder

@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import math
 import shutil
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 from transformers import Dinov2Model
 
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.adapters import add_lora, save_adapter
 from m2m.autoencoder import load_autoencoder
 from m2m.encoders import vae_latents

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.sets import atomic_folder
 from train.data.open_sets import OpenBatches
 from train.data.sprites import load_sprites

@@ -1,0 +1,52 @@
+"""Every script under train/ and bench/ runs both ways from the repository root: `python -m` and by its path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(
+    path.relative_to(ROOT).as_posix()
+    for folder in ("train", "bench")
+    for path in (ROOT / folder).rglob("*.py")
+    if 'if __name__ == "__main__":' in path.read_text()
+)
+WAYS = ("module", "path")
+
+
+def command(script: str, way: str) -> list[str]:
+    """`python -m train.data.synth --help` or `python train/data/synth.py --help`."""
+    target = ["-m", script.removesuffix(".py").replace("/", ".")] if way == "module" else [script]
+    return [sys.executable, *target, "--help"]
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[tuple[str, str], subprocess.CompletedProcess]:
+    """Every script's --help both ways, side by side: most of each run is importing torch and diffusers."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(key: tuple[str, str]) -> subprocess.CompletedProcess:
+        return subprocess.run(command(*key), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    keys = [(script, way) for script in SCRIPTS for way in WAYS]
+    with ThreadPoolExecutor(max(2, os.cpu_count() or 1)) as pool:
+        return dict(zip(keys, pool.map(run, keys), strict=True))
+
+
+def test_every_script_is_found():
+    assert {"train/training/m2m.py", "train/evaluation/evaluate.py", "train/data/synth.py"} <= set(SCRIPTS)
+    assert any(script.startswith("bench/") for script in SCRIPTS)
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_help_runs_as_a_module_and_by_path(runs, script, way):
+    proc = runs[script, way]
+    assert proc.returncode == 0, f"{' '.join(proc.args[1:])} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    assert proc.stdout.startswith("usage:")
