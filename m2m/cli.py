@@ -22,25 +22,8 @@ from m2m.loading import (
     load_pipeline,
     task_checkpoint,
 )
-from m2m.sampling import SCHEDULERS, SamplingParams
+from m2m.sampling import SamplingParams, add_arguments, count, from_arguments
 from m2m.sets import write_zip
-
-DEFAULTS = SamplingParams()  # the pipeline's and the app's defaults too
-
-
-def count(minimum: int):
-    """An argparse type: an integer of at least `minimum`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,14 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     gen.add_argument("--context", nargs="*", default=[], metavar="IMAGE", help="preceding images, in order")
     gen.add_argument("--num-images", type=count(1), default=4)
-    gen.add_argument("--steps", type=count(1), default=DEFAULTS.steps,
-                     help=f"denoising steps (default {DEFAULTS.steps}; the paper: DDIM, 50)")  # fmt: skip
-    gen.add_argument("--guidance", type=float, default=DEFAULTS.guidance,
-                     help="classifier-free guidance over the image context")  # fmt: skip
-    gen.add_argument("--seed", type=count(0), default=DEFAULTS.seed)
-    gen.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=DEFAULTS.scheduler)
-    gen.add_argument("--max-context", type=count(1), default=DEFAULTS.max_context,
-                     help="keep the first and the most recent images")  # fmt: skip
+    add_arguments(gen)  # --steps, --guidance, --seed, --scheduler, --max-context: SamplingParams
     gen.add_argument("--no-cache", action="store_true", help="recompute the context at every step (the paper's way)")
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--out", default=None, help="output folder (default: outputs/set-<time>)")
@@ -110,7 +86,7 @@ def generate(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.checkpoint, device=args.device)
     out = Path(args.out or f"outputs/set-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
-    params = sampling_params(args)
+    params = from_arguments(args)
     manifest = make_manifest(args, pipe.variant, params)
     bar = tqdm(total=args.num_images * params.steps, desc="generating", unit="step")
     results = pipe.generate_iter(context, num_images=args.num_images, context_cache=not args.no_cache,
@@ -128,10 +104,6 @@ def generate(args: argparse.Namespace) -> int:
         bar.close()
     print(f"wrote {len(manifest['images'])} image(s), manifest.json and set.zip to {out}")
     return 0
-
-
-def sampling_params(args: argparse.Namespace) -> SamplingParams:
-    return SamplingParams(args.steps, args.guidance, args.seed, args.scheduler, args.max_context)
 
 
 def make_manifest(args: argparse.Namespace, variant: str, params: SamplingParams) -> dict:

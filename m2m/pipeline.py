@@ -177,11 +177,3 @@ class M2MPipeline(DiffusionPipeline):
             images=[r.image for r in results], seeds=[r.seed for r in results], indices=[r.index for r in results]
         )
 
-
-def __getattr__(name: str):
-    """`load_pipeline` and `CheckpointError` moved to m2m.loading; the old import path still finds them."""
-    if name in ("load_pipeline", "load_adapter", "CheckpointError"):
-        from m2m import loading
-
-        return getattr(loading, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

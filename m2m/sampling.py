@@ -5,8 +5,9 @@ The paper samples with DDIM in 50 steps; the default here is 25, which the tiny 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,38 @@ class SamplingParams:
         if params is not None and given:
             raise TypeError(f"give params= or the sampling keywords ({', '.join(given)}), not both")
         return params if params is not None else cls(**given)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--steps, --guidance, --seed, --scheduler and --max-context: SamplingParams' fields, with its defaults."""
+    d = SamplingParams()
+    parser.add_argument("--steps", type=count(1), default=d.steps,
+                        help=f"denoising steps (default {d.steps}; the paper: DDIM, 50)")  # fmt: skip
+    parser.add_argument("--guidance", type=float, default=d.guidance,
+                        help="classifier-free guidance over the image context")  # fmt: skip
+    parser.add_argument("--seed", type=count(0), default=d.seed)
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=d.scheduler)
+    parser.add_argument("--max-context", type=count(1), default=d.max_context,
+                        help="keep the first and the most recent context images (default: all)")  # fmt: skip
+
+
+def from_arguments(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(args.steps, args.guidance, args.seed, args.scheduler, args.max_context)
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def context_window(n: int, max_context: int | None) -> list[int]:

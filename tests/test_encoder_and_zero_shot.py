@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from transformers import Dinov2Model
 
+from m2m.sampling import SamplingParams
 from train.evaluation import zero_shot
 from train.training import encoder
 
@@ -74,6 +75,7 @@ def test_zero_shot_and_contact_sheet_scripts_run_on_a_checkpoint(micro, tmp_path
     results = zero_shot.main(["--checkpoint", str(tmp_path / "ckpt"), "--generate", "1", "--steps", "2",
                               "--out", str(out)])  # fmt: skip
     assert set(results) == {"model", "no-context", "chance_retrieval"} and out.is_file()
+    assert SamplingParams.from_json(json.loads(out.read_text())) == SamplingParams(steps=2)  # what it sampled with
     sheet = contact_sheets.main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "s.png"),
                                  "--sets", "2", "--context", "2", "--generate", "1", "--steps", "2"])  # fmt: skip
     assert Image.open(sheet).size[1] == 2 * 128 + 4  # two rows

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from m2m.presets import build_pipeline
+from m2m.sampling import SamplingParams
 from train.data import synth
 from train.evaluation.evaluate import GROUPS, evaluate, frechet_distance, load_sets, probe_metrics, set_scores, table
 from train.evaluation.probes import Probe
@@ -62,7 +63,8 @@ def test_evaluate_runs_end_to_end(micro, probe, heldout):
     pipe = build_pipeline(micro, "self")
     pipe.set_progress_bar_config(disable=True)
     reference = [img for s in heldout[2:6] for img in s["images"][:2]]
-    results = evaluate(pipe, functools.partial(probe_metrics, probe), heldout[:2], reference, [1, 2], 2, 2, 3.0, 0)
+    params = SamplingParams(steps=2)
+    results = evaluate(pipe, functools.partial(probe_metrics, probe), heldout[:2], reference, [1, 2], 2, params)
     assert set(results) == {1, 2} and set(results[1]) == set(GROUPS)
     assert all(np.isfinite(v) for g in results[1].values() for k, v in g.items() if not k.startswith("drift"))
     assert "| 2 | truth |" in table(results)
@@ -74,7 +76,7 @@ def test_evaluate_with_label_free_set_metrics(micro):
     pipe.set_progress_bar_config(disable=True)
     sets = load_sets("open:heldout", 4, 4)
     score = functools.partial(set_scores, SetMetrics(SetEmbedder(), group=4))
-    results = evaluate(pipe, score, sets, [], [2], 2, 2, 3.0, 0)
+    results = evaluate(pipe, score, sets, [], [2], 2, SamplingParams(steps=2))
     truth = results[2]["truth"]
     assert truth["colour_retrieval"] == 1.0
     assert all(0.0 <= results[2][g]["shape_retrieval"] <= 1.0 for g in GROUPS)  # an untrained embedder here

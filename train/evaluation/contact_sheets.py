@@ -15,7 +15,8 @@ from pathlib import Path
 if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.images import load_image
-from m2m.pipeline import load_pipeline
+from m2m.loading import load_pipeline
+from m2m.sampling import add_arguments, from_arguments
 from m2m.sets import contact_sheet, stack_rows
 from train.evaluation.evaluate import load_sets
 
@@ -28,9 +29,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--folders", nargs="*", default=None, help="context folders instead of MIS-synth sets")
     p.add_argument("--context", type=int, default=4)
     p.add_argument("--generate", type=int, default=4)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--seed", type=int, default=0)
+    add_arguments(p)  # --steps, --guidance, --seed (row i: seed + i), --scheduler, --max-context
     args = p.parse_args(argv)
 
     pipe = load_pipeline(args.checkpoint)
@@ -39,10 +38,9 @@ def main(argv: list[str] | None = None) -> Path:
         contexts = [[load_image(f) for f in sorted(Path(d).glob("*.png"))][: args.context] for d in args.folders]
     else:
         contexts = [s["images"][: args.context] for s in load_sets("synth:heldout", args.sets, args.context)]
-    rows = []
+    params, rows = from_arguments(args), []
     for i, ctx in enumerate(contexts):
-        generated = pipe(ctx, num_images=args.generate, num_inference_steps=args.steps,
-                         guidance_scale=args.guidance, seed=args.seed + i).images  # fmt: skip
+        generated = pipe(ctx, num_images=args.generate, params=params.replace(seed=params.seed + i)).images
         rows.append(contact_sheet(ctx, generated))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,9 @@ from tqdm import tqdm
 if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.images import to_model_size, to_pil, to_tensor
-from m2m.pipeline import M2MPipeline, load_pipeline
+from m2m.loading import load_pipeline
+from m2m.pipeline import M2MPipeline
+from m2m.sampling import SamplingParams, add_arguments, from_arguments
 from train.data.loader import SetDataset
 from train.evaluation.probes import Probe
 from train.evaluation.set_metrics import DEFAULT_EMBEDDER, SetMetrics
@@ -113,16 +115,17 @@ def set_scores(metrics: SetMetrics, contexts: list[list], outputs: list[list], r
     return metrics(contexts, outputs)
 
 
-def generate(pipe: M2MPipeline, sets: list[dict], c: int, n_gen: int, steps: int, guidance: float, seed: int,
+def generate(pipe: M2MPipeline, sets: list[dict], c: int, n_gen: int, params: SamplingParams,
              floors: dict | None = None):  # fmt: skip
     """Per set: (context, model's next images, no-context images, true next images, their autoencoder round trip).
 
-    The no-context images of set i depend on its seed alone, so `floors` keeps them across context sizes.
+    Set i is sampled with seed `params.seed + i`. The no-context images of set i depend on that seed
+    alone, so `floors` keeps them across context sizes.
     """
     rows, floors = [], {} if floors is None else floors
     for i, record in enumerate(tqdm(sets, desc=f"c={c}", leave=False)):
         ctx, truth = record["images"][:c], record["images"][c : c + n_gen]
-        kw = dict(num_images=n_gen, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i)
+        kw = dict(num_images=n_gen, params=params.replace(seed=params.seed + i))
         model = pipe(ctx, **kw).images
         if i not in floors:
             floors[i] = pipe([], **kw).images
@@ -130,19 +133,23 @@ def generate(pipe: M2MPipeline, sets: list[dict], c: int, n_gen: int, steps: int
     return rows
 
 
-def evaluate(pipe, score, sets, reference, contexts, n_gen, steps, guidance, seed, paper=None) -> dict:
+def evaluate(pipe, score, sets, reference, contexts, n_gen, params: SamplingParams) -> dict:
     """`score(contexts, outputs, reference) -> dict` for each context size and group."""
     results, floors = {}, {}
     for c in contexts:
-        rows = generate(pipe, sets, c, n_gen, steps, guidance, seed, floors)
+        rows = generate(pipe, sets, c, n_gen, params, floors)
         ctxs = [r[0] for r in rows]
-        results[c] = {}
-        for g, group in enumerate(GROUPS):
-            outs = [r[1 + g] for r in rows]
-            results[c][group] = score(ctxs, outs, reference)
-            if paper is not None:
-                results[c][group].update(paper(ctxs, outs, [s["meta"].get("caption", "") for s in sets], reference))
+        results[c] = {group: score(ctxs, [r[1 + g] for r in rows], reference) for g, group in enumerate(GROUPS)}
     return results
+
+
+def with_paper_metrics(score, paper, captions: list[str]):
+    """`score`, and the paper's FID, IS and CLIP scores of the same outputs (`captions`: the sets')."""
+
+    def both(contexts: list[list], outputs: list[list], reference: list) -> dict:
+        return score(contexts, outputs, reference) | paper(contexts, outputs, captions, reference)
+
+    return both
 
 
 def table(results: dict) -> str:
@@ -175,9 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sets", type=int, default=50)
     p.add_argument("--contexts", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--generate", type=int, default=4, help="images generated per set (the paper: 10)")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--seed", type=int, default=0)
+    add_arguments(p)  # --steps, --guidance, --seed (set i: seed + i; also the sets drawn), --scheduler, ...
     p.add_argument("--paper-metrics", action="store_true", help="FID, IS, CLIP scores (needs their weights)")
     p.add_argument("--clip-model", default="openai/clip-vit-large-patch14")
     p.add_argument("--out", default=None, help="JSON results (default: runs/eval-<checkpoint>.json)")
@@ -196,17 +201,17 @@ def main(argv: list[str] | None = None) -> None:
     sets = load_sets(args.source, args.sets, length, args.seed)
     reference = [img for s in load_sets(args.source, args.sets, length, args.seed, offset=args.sets)
                  for img in s["images"][: args.generate]]  # fmt: skip
-    paper = None
     if args.paper_metrics:
         from train.evaluation.paper_metrics import PaperMetrics
 
         paper = PaperMetrics.from_pretrained(args.clip_model)
-    results = evaluate(pipe, score, sets, reference, args.contexts, args.generate, args.steps, args.guidance,
-                       args.seed, paper)  # fmt: skip
+        score = with_paper_metrics(score, paper, [s["meta"].get("caption", "") for s in sets])
+    params = from_arguments(args)
+    results = evaluate(pipe, score, sets, reference, args.contexts, args.generate, params)
     print(table(results))
     out = Path(args.out or f"runs/eval-{Path(args.checkpoint).name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    out.write_text(json.dumps({"args": vars(args), "parameters": params.to_json(), "results": results}, indent=2))
     print(f"wrote {out}")
 
 

@@ -30,7 +30,8 @@ from tqdm import tqdm
 if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.images import to_model_size, to_tensor
-from m2m.pipeline import load_pipeline
+from m2m.loading import load_pipeline
+from m2m.sampling import SamplingParams, add_arguments, from_arguments
 from train.data.loader import SetDataset
 
 DEFAULT_SOURCE = {"nvs": "nvs:heldout", "procedure": "procedure:heldout"}
@@ -57,8 +58,8 @@ def sequences(source: str, n: int, min_length: int) -> list[list]:
     return out[:n]
 
 
-def evaluate(models: dict, seqs: list[list], ks: list[int], steps: int, guidance: float, seed: int) -> dict:
-    """{k: {group: mean metrics}} for every group (each model, and copy-last)."""
+def evaluate(models: dict, seqs: list[list], ks: list[int], params: SamplingParams) -> dict:
+    """{k: {group: mean metrics}} for every group (each model, and copy-last); sequence i: seed `params.seed + i`."""
     results = {}
     for k in ks:
         rows = {name: [] for name in [*models, "copy-last"]}
@@ -67,8 +68,7 @@ def evaluate(models: dict, seqs: list[list], ks: list[int], steps: int, guidance
                 continue
             unit = to_unit(seq)  # (S, 3, H, W)
             for name, pipe in models.items():
-                img = pipe(seq[:k], num_images=1, num_inference_steps=steps, guidance_scale=guidance,
-                           seed=seed + i).images[0]  # fmt: skip
+                img = pipe(seq[:k], num_images=1, params=params.replace(seed=params.seed + i)).images[0]
                 rows[name].append(scores(to_unit([img]), unit[k : k + 1], unit, k))
             rows["copy-last"].append(scores(unit[k - 1 : k], unit[k : k + 1], unit, k))
         results[k] = {name: summary(rs) for name, rs in rows.items() if rs}
@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--source", default=None, help="held-out sequences (default: the task's synthetic held-out split)")
     p.add_argument("--sequences", type=int, default=30)
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--seed", type=int, default=0)
+    add_arguments(p)  # --steps, --guidance, --seed, --scheduler, --max-context
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
@@ -110,11 +108,12 @@ def main(argv: list[str] | None = None) -> dict:
     for pipe in models.values():
         pipe.set_progress_bar_config(disable=True)
     seqs = sequences(args.source or DEFAULT_SOURCE[args.task], args.sequences, min(args.ks) + 1)
-    results = evaluate(models, seqs, args.ks, args.steps, args.guidance, args.seed)
+    params = from_arguments(args)
+    results = evaluate(models, seqs, args.ks, params)
     print(table(results))
     out = Path(args.out or f"runs/eval-{args.task}-{Path(args.checkpoint).name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    out.write_text(json.dumps({"args": vars(args), "parameters": params.to_json(), "results": results}, indent=2))
     return results
 
 

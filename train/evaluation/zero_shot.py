@@ -27,7 +27,8 @@ from PIL import Image, ImageFilter
 if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.images import load_image
-from m2m.pipeline import load_pipeline
+from m2m.loading import load_pipeline
+from m2m.sampling import add_arguments, from_arguments
 
 
 def palette(img: Image.Image, bins: int = 4) -> np.ndarray:
@@ -82,9 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--sets", default="examples/zero-shot")
     p.add_argument("--generate", type=int, default=4)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--seed", type=int, default=0)
+    add_arguments(p)  # --steps, --guidance, --seed (set i: seed + i), --scheduler, --max-context
     p.add_argument("--out", default=None, help="JSON (default: runs/zero-shot-<checkpoint>.json)")
     args = p.parse_args(argv)
 
@@ -92,9 +91,10 @@ def main(argv: list[str] | None = None) -> dict:
     pipe.set_progress_bar_config(disable=True)
     sets = load_sets(Path(args.sets))
     contexts = list(sets.values())
-    kw = dict(num_images=args.generate, num_inference_steps=args.steps, guidance_scale=args.guidance)
-    model = [pipe(ctx, seed=args.seed + i, **kw).images for i, ctx in enumerate(contexts)]
-    floor = [pipe([], seed=args.seed + i, **kw).images for i in range(len(contexts))]
+    params = from_arguments(args)
+    seeds = [params.replace(seed=params.seed + i) for i in range(len(contexts))]
+    model = [pipe(ctx, num_images=args.generate, params=p).images for ctx, p in zip(contexts, seeds, strict=True)]
+    floor = [pipe([], num_images=args.generate, params=p).images for p in seeds]
     results = {"model": consistency(contexts, model), "no-context": consistency(contexts, floor),
                "chance_retrieval": 1 / len(contexts)}  # fmt: skip
     keys = list(results["model"])
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| {group} | " + " | ".join(f"{results[group][k]:.3f}" for k in keys) + " |")
     out = Path(args.out or f"runs/zero-shot-{Path(args.checkpoint).name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "sets": list(sets), "results": results}, indent=2))
+    record = {"args": vars(args), "parameters": params.to_json(), "sets": list(sets), "results": results}
+    out.write_text(json.dumps(record, indent=2))
     return results
 
 
