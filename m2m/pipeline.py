@@ -176,4 +176,3 @@ class M2MPipeline(DiffusionPipeline):
         return M2MPipelineOutput(
             images=[r.image for r in results], seeds=[r.seed for r in results], indices=[r.index for r in results]
         )
-
