@@ -1,5 +1,17 @@
 """MIS-synth and the set loader: determinism, the held-out split, shard round trips, batch shapes."""
 
+import functools
+import http.server
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +19,9 @@ import torch
 from m2m.images import load_image, to_model_size, to_tensor
 from train.data import synth
 from train.data.loader import SetCollate, make_loader
-from train.data.shards import read_shard, write_shard, write_shards
+from train.data.shards import read_shard, read_shards, shard_urls, write_shard, write_shards
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def arrays(images):
@@ -42,6 +56,124 @@ def test_shard_round_trip(tmp_path):
     for r, q in zip(records, back, strict=True):
         assert r["meta"] == q["meta"]
         assert all(np.array_equal(x, y) for x, y in zip(arrays(r["images"]), arrays(q["images"]), strict=True))
+
+
+def plain_tarfile_shard(path, records):
+    """A shard as the plain `tarfile` writer before webdataset wrote it: bare members, no timestamps."""
+    with tarfile.open(path, "w") as tar:
+        for record in records:
+            members = []
+            for i, img in enumerate(record["images"]):
+                buf = io.BytesIO()
+                img.save(buf, format="PNG")
+                members.append((f"{record['key']}.{i:02d}.png", buf.getvalue()))
+            members.append((f"{record['key']}.json", json.dumps(record["meta"], sort_keys=True).encode()))
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(data), 0
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_shards_keep_the_old_bytes_and_old_shards_read(tmp_path):
+    records = [synth.set_record("train", i, 3) for i in range(3)]
+    write_shard(tmp_path / "new.tar", records)
+    plain_tarfile_shard(tmp_path / "old.tar", records)
+    assert (tmp_path / "new.tar").read_bytes() == (tmp_path / "old.tar").read_bytes()
+    back = list(read_shards([tmp_path / "old.tar", tmp_path / "new.tar"]))
+    assert [r["key"] for r in back] == [r["key"] for r in records] * 2
+    for r, q in zip(records * 2, back, strict=True):
+        assert r["meta"] == q["meta"]
+        assert all(np.array_equal(x, y) for x, y in zip(arrays(r["images"]), arrays(q["images"]), strict=True))
+
+
+def test_shard_sources_are_folders_globs_braces_and_urls(tmp_path):
+    for i in range(3):
+        write_shard(tmp_path / f"s-{i:05d}.tar", [grey_set(f"set-{i}", 2)])
+    names = [str(tmp_path / f"s-{i:05d}.tar") for i in range(3)]
+    assert shard_urls(str(tmp_path)) == shard_urls(f"{tmp_path}/s-*.tar") == names
+    assert shard_urls(f"{tmp_path}/s-{{00000..00001}}.tar,{tmp_path}/s-00002.tar") == names
+    assert shard_urls("pipe:cat x-{0,1}.tar,https://host/y.tar") == ["pipe:cat x-0.tar", "pipe:cat x-1.tar",
+                                                                     "https://host/y.tar"]  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="no shards match"):
+        shard_urls(f"{tmp_path}/t-*.tar")
+
+
+def test_pipe_and_http_sources_read_the_same_sets(tmp_path):
+    write_shards(tmp_path, "train", 4, 2, 1, lambda i: synth.set_record("train", i, 2))
+    want = [(r["key"], arrays(r["images"])) for r in read_shards(shard_urls(str(tmp_path)))]
+
+    def got(spec: str) -> list:
+        return [(r["key"], arrays(r["images"])) for r in read_shards(shard_urls(spec))]
+
+    def same(a: list, b: list) -> bool:
+        return [k for k, _ in a] == [k for k, _ in b] and all(
+            np.array_equal(x, y) for (_, xs), (_, ys) in zip(a, b, strict=True) for x, y in zip(xs, ys, strict=True)
+        )
+
+    assert same(got(f"pipe:cat {tmp_path}/train-{{00000..00001}}.tar"), want)
+    if shutil.which("curl") is None:
+        pytest.skip("http:// shards are read through curl")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/train-{{00000..00001}}.tar"
+        assert same(got(url), want)
+        batch = next(iter(make_loader(url, 4, 2, 2, 8, workers=0, shuffle=False)))
+        assert batch["keys"] == [k for k, _ in want]
+    finally:
+        server.shutdown()
+
+
+def epoch_keys(source: str, epoch: int, world: int, workers: int, buffer: int = 4) -> list[list[str]]:
+    """The keys each rank's loader gives in one epoch, in order."""
+    ranks = []
+    for rank in range(world):
+        loader = make_loader(source, 2, 1, 1, 8, workers, rank=rank, world=world, shuffle_buffer=buffer)
+        loader.dataset.set_epoch(epoch)
+        ranks.append([k for batch in loader for k in batch["keys"]])
+    return ranks
+
+
+def test_two_ranks_by_two_workers_see_every_set_once_per_epoch_in_a_new_order(tmp_path):
+    for i in range(8):
+        write_shard(tmp_path / f"s-{i:05d}.tar", [grey_set(f"set-{i}-{j}", 2) for j in range(3)])
+    everything = sorted(f"set-{i}-{j}" for i in range(8) for j in range(3))
+    epochs = [epoch_keys(str(tmp_path), epoch, world=2, workers=2) for epoch in (0, 1)]
+    for ranks in epochs:
+        assert sorted(ranks[0] + ranks[1]) == everything  # each set once, on one rank
+    assert epochs[0] != epochs[1] and epochs[0] == epoch_keys(str(tmp_path), 0, world=2, workers=2)
+    unbuffered = epoch_keys(str(tmp_path), 0, world=2, workers=2, buffer=1)  # the same shards, each read in order
+    assert unbuffered != epochs[0] and [sorted(k) for k in unbuffered] == [sorted(k) for k in epochs[0]]
+
+
+@pytest.mark.parametrize("kind", ["shards", "synth"])
+def test_loader_resumed_at_batch_k_gives_the_rest_of_the_epoch(tmp_path, kind):
+    """Before: a resumed loader of 2 workers began with worker 0's next batch, wherever the epoch stood."""
+    for i in range(4):
+        write_shard(tmp_path / f"s-{i:05d}.tar", [grey_set(f"set-{i}-{j}", 4) for j in range(3)])
+    source = str(tmp_path) if kind == "shards" else "synth:train"
+
+    def run(resume: int) -> list:
+        loader = make_loader(source, 2, 2, 3, 8, 2, n_sets=12, rank=1, world=2, seed=5, shuffle_buffer=4)
+        loader.dataset.set_epoch(3)
+        loader.dataset.resume_at(resume, 2)
+        return list(loader)
+
+    straight = run(0)
+    assert len(straight) == 4  # rank 1 of 2: two shards, one per worker, of three sets: batches of 2 and 1 each
+    for k in (1, 2, 3):
+        resumed = run(k)
+        assert [b["keys"] for b in resumed] == [b["keys"] for b in straight[k:]]
+        assert all(torch.equal(a["pixels"], b["pixels"]) for a, b in zip(resumed, straight[k:], strict=True))
+
+
+def test_shard_reading_bench_times_both_readers():
+    bench = [sys.executable, "bench/shard_reading.py", "--sets", "4", "--k", "2", "--per-shard", "2", "--repeats", "1"]
+    out = subprocess.run(bench, cwd=ROOT, check=True, capture_output=True, text=True).stdout.splitlines()
+    rates = [float(x) for line in out[1:] for x in re.findall(r"(\d+) images/s", line)]
+    assert len(rates) == 4 and min(rates) > 0  # decoded and bytes only, tarfile and webdataset
 
 
 def test_write_shards_resumes(tmp_path):

@@ -1,6 +1,8 @@
 """One loader for every kind of image set: batches of sets with a set length sampled per batch.
 
 loader = make_loader("data/mis-synth/train-*.tar", batch_size=8, min_k=2, max_k=6)   # shards (MIS, any task)
+loader = make_loader("https://host/mis/train-{00000..00999}.tar", 8, 2, 6)   # shards over HTTP (curl), or
+loader = make_loader("pipe:aws s3 cp s3://bucket/mis/train-{00000..00999}.tar -", 8, 2, 6)   # any command's output
 loader = make_loader("synth:train", batch_size=8, min_k=2, max_k=6, n_sets=10000)   # MIS-synth, drawn on the fly
 loader = make_loader("open:train", 8, 2, 6)            # open-ended sets (open_sets.py); open:heldout, open:hard
 loader = make_loader("nvs:train", 8, 2, 5)             # synthetic novel views (nvs.py), in azimuth order
@@ -10,6 +12,8 @@ loader = make_loader("folders:data/objaverse", 8, 2, 5)   # real data: one folde
 MIS sets are exchangeable (a batch takes a random subset of each); views and procedure steps are
 ordered (a batch takes a window of consecutive images, order kept), also when read from shards
 (`python -m train.data.nvs --out data/nvs` writes them; their records say `"ordered": true`).
+Shards stream through `webdataset` (train/data/shards.py): each rank and worker reads its own shards,
+through a seeded shuffle buffer of `shuffle_buffer` sets; see SetDataset.shard_sets for the exact resume.
 batch["pixels"]   (B, K, 3, H, W) in [-1, 1], for the autoencoder
 batch["content"], batch["style"]   (B,) labels, -1 where the source has none
 """
@@ -17,7 +21,6 @@ batch["content"], batch["style"]   (B,) labels, -1 where the source has none
 from __future__ import annotations
 
 import functools
-import glob
 import itertools
 import random
 import zlib
@@ -25,24 +28,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from m2m.images import load_image, to_model_size, to_tensor
 from train.data import nvs, open_sets, procedures, synth
-from train.data.shards import read_shard
+from train.data.shards import decode, samples, shard_urls
 from train.data.sprites import load_sprites
-
-
-def shard_list(spec: str) -> list[Path]:
-    """A directory, a glob or a comma-separated list of .tar shards."""
-    paths = []
-    for part in spec.split(","):
-        p = Path(part)
-        paths += sorted(p.glob("*.tar")) if p.is_dir() else [Path(x) for x in sorted(glob.glob(part))]
-    if not paths:
-        raise FileNotFoundError(f"no shards match {spec!r}")
-    return paths
-
 
 GENERATORS = {"synth": synth.set_record, "nvs": nvs.set_record, "procedure": procedures.set_record}
 WHOLE = {"nvs", "procedure"}  # generators of ordered sets: drawn whole, cut into windows later
@@ -54,10 +46,11 @@ class SetDataset(IterableDataset):
 
     def __init__(
         self, source: str, resolution: int = 128, n_sets: int | None = None, max_set: int = 8, rank: int = 0,
-        world: int = 1, shuffle: bool = True, seed: int = 0,
+        world: int = 1, shuffle: bool = True, seed: int = 0, shuffle_buffer: int = 64,
     ):  # fmt: skip
         super().__init__()
         self.source, self.resolution, self.n_sets, self.max_set = source, resolution, n_sets, max_set
+        self.shuffle_buffer = shuffle_buffer  # shards: sets (undecoded) each worker holds to shuffle
         self.rank, self.world, self.shuffle, self.seed, self.epoch = rank, world, shuffle, seed, 0
         self.resume = (0, 0)  # (batches already taken this epoch, batch size)
         kind, _, rest = source.partition(":")
@@ -74,7 +67,7 @@ class SetDataset(IterableDataset):
         elif kind == "folders":
             self.folders = set_folders(rest)
         else:
-            self.shards = shard_list(source)
+            self.shards = shard_urls(source)  # folders, globs, http(s)://, pipe:, brace patterns
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -84,11 +77,16 @@ class SetDataset(IterableDataset):
         self.resume = (batches, batch_size)
 
     def _worker(self) -> tuple[int, int, int]:
-        """(worker id, number of workers, sets this worker skips): the DataLoader takes batches from workers in turn."""
+        """(this worker's place in the epoch's stream, number of workers, sets it skips to resume after `batches`).
+
+        The DataLoader takes batches from its workers in turn, from worker 0 on, also after a resume: batch j of
+        the epoch comes from place j % nw, so worker w of a resumed loader plays place (w + batches) % nw.
+        """
         worker = get_worker_info()
         wid, nw = (worker.id, worker.num_workers) if worker else (0, 1)
         batches, batch_size = self.resume
-        return wid, nw, len(range(wid, batches, nw)) * batch_size
+        place = (wid + batches) % nw
+        return place, nw, len(range(place, batches, nw)) * batch_size
 
     def _parts(self, n: int, wid: int, nw: int, what: str, shuffle: bool) -> Sequence[int]:
         """This rank and worker's share of n shards, folders or generated sets, in this epoch's order."""
@@ -112,8 +110,22 @@ class SetDataset(IterableDataset):
         if self.folders is not None:
             parts = self._parts(len(self.folders), wid, nw, "folders", self.shuffle)[skip:]
             return (folder_record(self.folders[i]) for i in parts)
+        return self.shard_sets(wid, nw, skip)
+
+    def shard_sets(self, wid: int, nw: int, skip: int) -> Iterator[dict]:
+        """This rank and worker's sets from its shards, through a seeded shuffle buffer, less the first `skip`.
+
+        The stream depends on (seed, epoch, rank, worker) alone: the shards are dealt in an order shuffled
+        with (seed, epoch), and the buffer draws with a generator seeded by all four. So an exact resume reads
+        the same stream again and drops the sets this worker gave before the checkpoint. It drops them
+        before decoding, so they cost their bytes (bench/shard_reading.py times that) but no PNG decoding.
+        """
         shards = self._parts(len(self.shards), wid, nw, "shards", self.shuffle)
-        return itertools.islice((r for i in shards for r in read_shard(self.shards[i])), skip, None)
+        stream = samples(self.shards[i] for i in shards)
+        if self.shuffle and self.shuffle_buffer > 1:
+            rng = random.Random(f"{self.seed}.{self.epoch}.{self.rank}.{wid}")
+            stream = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(stream)
+        return map(decode, itertools.islice(stream, skip, None))
 
     def __iter__(self) -> Iterator[dict]:
         return map(self.to_item, self.records())
@@ -195,8 +207,9 @@ class SetCollate:
 def make_loader(
     source: str, batch_size: int, min_k: int = 2, max_k: int = 8, resolution: int = 128, workers: int = 2,
     n_sets: int | None = None, rank: int = 0, world: int = 1, shuffle: bool = True, seed: int = 0,
+    shuffle_buffer: int = 64,
 ) -> DataLoader:  # fmt: skip
-    dataset = SetDataset(source, resolution, n_sets, max_k, rank, world, shuffle, seed)
+    dataset = SetDataset(source, resolution, n_sets, max_k, rank, world, shuffle, seed, shuffle_buffer)
     return DataLoader(
         dataset, batch_size=batch_size, num_workers=workers, collate_fn=SetCollate(min_k, max_k),
         persistent_workers=False, generator=torch.Generator().manual_seed(seed),

@@ -1,48 +1,61 @@
-"""Set shards in the webdataset layout, shared by MIS (mis.py) and the generators (synth, open_sets, nvs, procedures).
+"""Set shards in the webdataset layout, written and read with the `webdataset` library, shared by MIS (mis.py) and
+the generators (synth, open_sets, nvs, procedures).
 
-One tar member group per set: `KEY.00.png ... KEY.NN.png` (lossless) and `KEY.json`
-(caption, labels, seeds, settings). A shard is written to a temporary name and renamed
-when complete, so an interrupted run resumes by skipping the shards that exist.
+One sample per set: `KEY.00.png ... KEY.NN.png` (lossless) and `KEY.json` (caption, labels, seeds,
+settings). A shard is written to a local temporary name and renamed when complete, so an
+interrupted run resumes by skipping the shards that exist; its members carry no timestamp, owner
+or mode of their own, so the same records give the same bytes (those of the plain `tarfile` writer
+this replaced: older shards read unchanged). Shards are read from anything webdataset opens: local
+paths, `http(s)://` URLs (through curl), `pipe:CMD` (the command's standard output, e.g.
+`pipe:aws s3 cp s3://bucket/train-00000.tar -`), each with brace patterns (`train-{00000..00999}.tar`).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import glob
 import io
 import json
 import multiprocessing
-import tarfile
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import braceexpand
+import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
 Record = dict  # {"key": str, "images": [PIL.Image], "meta": dict}
+Sample = dict  # webdataset's: {"__key__": str, "__url__": str, "00.png": bytes, ..., "json": bytes}
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+URL = re.compile(r"^[a-z][a-z0-9+.-]+:")  # http:, https:, pipe:, gs:, ... (a one-letter one is a Windows drive)
 
 
 def shard_path(out: str | Path, prefix: str, index: int) -> Path:
     return Path(out) / f"{prefix}-{index:05d}.tar"
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime = len(data), 0  # no timestamps: the same records give the same bytes
-    tar.addfile(info, io.BytesIO(data))
+def encode(record: Record) -> Sample:
+    """A set as webdataset sample: PNG bytes per image, the meta as sorted JSON."""
+    sample = {"__key__": record["key"], "json": json.dumps(record["meta"], sort_keys=True).encode()}
+    for i, img in enumerate(record["images"]):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        sample[f"{i:02d}.png"] = buf.getvalue()
+    return sample
 
 
 def write_shard(path: Path, records: Iterable[Record]) -> int:
     """Write records to `path` atomically; returns the number of sets written."""
     tmp = path.with_suffix(".tar.tmp")
     n = 0
-    with tarfile.open(tmp, "w") as tar:
+    # the header fields tarfile gives a bare member (no time, owner or group; PAX): the same records, the same bytes
+    header = dict(user="", group="", mode=0o644, mtime=0, format="PAX_FORMAT", encoder=False)
+    with tmp.open("wb") as f, wds.TarWriter(f, **header) as sink:
         for record in records:
-            for i, img in enumerate(record["images"]):
-                buf = io.BytesIO()
-                img.save(buf, format="PNG")
-                _add(tar, f"{record['key']}.{i:02d}.png", buf.getvalue())
-            _add(tar, f"{record['key']}.json", json.dumps(record["meta"], sort_keys=True).encode())
+            sink.write(encode(record))
             n += 1
     tmp.replace(path)
     return n
@@ -83,35 +96,48 @@ def write_shards(
     return [job[0] for job in jobs]
 
 
-def read_shard(path: str | Path) -> Iterator[Record]:
-    """The sets of one shard, in order, with images decoded to RGB."""
-    current, images, meta = None, {}, None
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = Path(member.name).name.partition(".")
-            if key != current and current is not None:
-                yield _record(current, images, meta)
-                images, meta = {}, None
-            current = key
-            data = tar.extractfile(member).read()
-            if ext == "json":
-                meta = json.loads(data)
-            elif ext.endswith(("png", "jpg", "jpeg", "webp")):
-                with Image.open(io.BytesIO(data)) as img:
-                    images[ext] = img.convert("RGB")
-    if current is not None:
-        yield _record(current, images, meta)
+def shard_urls(spec: str) -> list[str]:
+    """Shards named by a comma-separated list of folders (their *.tar), globs, URLs and brace patterns.
+
+    Local names are checked here (an empty match is an error); URLs are opened only when read.
+    """
+    urls = []
+    for part in re.split(r",(?![^{]*})", spec):  # commas outside braces: `a-{0,1}.tar,b.tar` is two parts
+        for name in braceexpand.braceexpand(part):
+            if URL.match(name):
+                urls.append(name)
+            elif Path(name).is_dir():
+                urls += sorted(str(p) for p in Path(name).glob("*.tar"))
+            else:
+                urls += sorted(glob.glob(name))
+    if not urls:
+        raise FileNotFoundError(f"no shards match {spec!r}")
+    return urls
 
 
-def _record(key: str, images: dict, meta: dict | None) -> Record:
-    return {"key": key, "images": [images[k] for k in sorted(images)], "meta": meta or {}}
+def samples(urls: Iterable[str]) -> Iterator[Sample]:
+    """The sets of these shards in order, undecoded (bytes): what a shuffle buffer holds and a resume skips."""
+    return wds.tarfile_samples({"url": str(url)} for url in urls)
 
 
-def read_shards(paths: Iterable[str | Path]) -> Iterator[Record]:
-    for path in paths:
-        yield from read_shard(path)
+def decode(sample: Sample) -> Record:
+    """A webdataset sample as a record, its images decoded to RGB in index order."""
+    exts = sorted((k for k in sample if k.lower().endswith(IMAGE_EXTS)), key=lambda k: (len(k.split(".")[0]), k))
+    images = []
+    for ext in exts:
+        with Image.open(io.BytesIO(sample[ext])) as img:
+            images.append(img.convert("RGB"))
+    meta = json.loads(sample["json"]) if "json" in sample else {}
+    return {"key": sample["__key__"], "images": images, "meta": meta}
+
+
+def read_shard(url: str | Path) -> Iterator[Record]:
+    """The sets of one shard (a path or any URL webdataset opens), in order, with images decoded to RGB."""
+    return map(decode, samples([url]))
+
+
+def read_shards(urls: Iterable[str | Path]) -> Iterator[Record]:
+    return map(decode, samples(urls))
 
 
 def write_shards_cli(doc: str, set_record: Callable[..., Record], count: str, default: int, per_shard: int,

@@ -85,6 +85,7 @@ class TrainConfig:
     sample_every: int = 500
     max_minutes: float | None = None  # stop (with a checkpoint) after this long; run again to go on
     workers: int = 2
+    shuffle_buffer: int = 64  # shards: sets each loader worker holds (undecoded) to shuffle across shards
     n_sets: int = 10**7  # synth: sets per epoch
     seed: int = 0
     report_to: str | None = None  # "tensorboard" or "wandb" besides log.csv
@@ -319,7 +320,8 @@ def train(cfg: TrainConfig) -> dict:
             return
         while True:
             loader = make_loader(cfg.data, cfg.batch_sets, cfg.min_k, cfg.max_k, res, cfg.workers, cfg.n_sets,
-                                 accelerator.process_index, accelerator.num_processes, seed=cfg.seed)  # fmt: skip
+                                 accelerator.process_index, accelerator.num_processes, seed=cfg.seed,
+                                 shuffle_buffer=cfg.shuffle_buffer)  # fmt: skip
             loader.dataset.set_epoch(progress.epoch)
             loader.dataset.resume_at(progress.batch_in_epoch, cfg.batch_sets)
             yield from loader
