@@ -52,7 +52,9 @@ def test_training_runs_logs_and_exports_a_loadable_pipeline(start, tmp_path):
     assert result["step"] == 4
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
-    assert all(float(r["images_per_s"]) > 0 and float(r["lr"]) > 0 for r in rows)
+    assert all(float(r["images_per_s"]) > 0 for r in rows)
+    peak = parse_args(args(start, tmp_path, 4)).lr  # warm-up over 2 steps, then a cosine down to 0 at step 4
+    assert [float(r["lr"]) for r in rows] == pytest.approx([peak / 2, peak, peak / 2, 0.0])
     assert rows[1]["val_loss_context"] and rows[1]["val_loss_no_context"]  # the sign that the context is used
     assert (tmp_path / "samples" / "step-0000004.png").is_file()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
@@ -138,6 +140,9 @@ def test_two_process_data_parallel_on_cpu(micro, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 process(es), DistributedType.MULTI_CPU" in proc.stdout
     assert [s for s, _ in losses(tmp_path / "run")] == [1, 2, 3]
+    peak = parse_args(args(folder, tmp_path, 3)).lr  # the schedule is counted in steps, not steps x processes
+    with (tmp_path / "run" / "log.csv").open() as f:
+        assert [float(r["lr"]) for r in csv.DictReader(f)] == pytest.approx([peak / 2, peak, 0.0])
     assert load_pipeline(tmp_path / "run" / "pipeline").variant == "self"
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from torch.optim.lr_scheduler import LambdaLR
+from diffusers.optimization import get_cosine_schedule_with_warmup
 from tqdm import tqdm
 
 if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
@@ -151,10 +150,7 @@ def build(
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
     opt = torch.optim.AdamW([q for q in vae.parameters() if q.requires_grad], lr=args.lr, weight_decay=0.0)
-    warmup = min(200, args.steps // 10 + 1)
-    schedule = LambdaLR(
-        opt, lambda s: min(1, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1)))
-    )
+    schedule = get_cosine_schedule_with_warmup(opt, min(200, args.steps // 10 + 1), args.steps)
     return vae, opt, schedule
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch import Tensor, nn
 from tqdm import tqdm
 from transformers import Dinov2Config, Dinov2Model
@@ -202,8 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher.to(args.device)
     center = torch.zeros(1, student.head.last.out_features, device=args.device)
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.04)
-    warmup = max(1, args.steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warmup) * cosine(s, args.steps, 1, 0.01))
+    sched = get_cosine_schedule_with_warmup(opt, max(1, args.steps // 10), args.steps)
     bank, queries = probe_sets(args.data, args.eval_sets, preset.vae["sample_size"], args.seed)
     before = evaluate(teacher.backbone, bank, queries, size)
     tqdm.write(f"random init: {before}")

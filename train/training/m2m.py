@@ -22,7 +22,6 @@ import argparse
 import copy
 import csv
 import dataclasses
-import math
 import shutil
 import sys
 import time
@@ -34,6 +33,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from diffusers import AutoencoderKL, DDIMScheduler
+from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 from transformers import Dinov2Model
@@ -162,11 +162,6 @@ def trainable(model: M2MModel) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def lr_lambda(cfg: TrainConfig):
-    """Linear warm-up, then cosine down to a tenth."""
-    return lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)) * (0.55 + 0.45 * math.cos(math.pi * min(s / cfg.steps, 1)))
-
-
 @torch.no_grad()
 def to_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
     """Sets (B, K, 3, H, W) in [-1, 1] -> scaled posterior-mean latents (B, K, 4, h, w), as the pipeline encodes."""
@@ -292,7 +287,9 @@ def train(cfg: TrainConfig) -> dict:
     params = trainable(model)
     ema = EMAModel(params, decay=cfg.ema_decay)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    # accelerate steps a prepared schedule once per process at every step: counted in those steps
+    n = accelerator.num_processes
+    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup * n, cfg.steps * n)
     model, opt, sched = accelerator.prepare(model, opt, sched)
     progress = Progress()
     accelerator.register_for_checkpointing(ema, progress)

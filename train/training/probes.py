@@ -9,13 +9,13 @@ horizontal flips: drawing them anew at every step would cost more than the train
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.optimization import get_cosine_schedule_with_warmup
 from tqdm import tqdm
 
 if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
@@ -56,7 +56,7 @@ def train(data, steps: int, batch: int, lr: float, seed: int) -> Probe:
     torch.manual_seed(seed)
     probe = Probe(len(synth.CLASSES), len(synth.STYLES))
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1))))
+    sched = get_cosine_schedule_with_warmup(opt, 0, steps)
     for step in (bar := tqdm(range(steps), desc="probes")):
         idx = torch.randint(0, len(images), (batch,))
         x = to_pixels(images[idx])

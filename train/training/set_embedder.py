@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch import Tensor
 from tqdm import tqdm
 
@@ -60,7 +61,7 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     model = SetEmbedder().to(args.device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.05)
+    sched = get_cosine_schedule_with_warmup(opt, args.steps // 20, args.steps)
     data = OpenBatches("train", args.batch_sets, 2, 2, args.device, seed=args.seed, sprites=load_sprites("train"))
     held = {s: OpenBatches(s, 16, 5, 5, "cpu", seed=99, sprites=load_sprites(s)) for s in ("heldout", "hard")}
     held = {s: torch.cat([b.batch(i)["pixels"] for i in range(4)]) for s, b in held.items()}  # 64 sets each
