@@ -1,5 +1,8 @@
 """ColourAutoencoderKL: colour survives the round trip from the first step, and the class survives saving."""
 
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
@@ -7,6 +10,9 @@ from diffusers import AutoencoderKL
 from m2m.autoencoder import ColourAutoencoderKL, load_autoencoder
 from m2m.pipeline import M2MPipeline
 from m2m.presets import TINY, build_autoencoder, build_pipeline
+from train.evaluation.check_autoencoder import check, images_of
+
+OPEN_VAE = Path("checkpoints/vae-tiny-open")
 
 SMALL = dict(TINY.vae, block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
              up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32)  # fmt: skip
@@ -54,3 +60,12 @@ def test_tiny_pipeline_saves_and_loads_its_colour_autoencoder(tmp_path):
     assert type(loaded.vae) is ColourAutoencoderKL
     x = torch.rand(1, 3, 128, 128) * 2 - 1
     torch.testing.assert_close(round_trip(loaded.vae, x), round_trip(pipe.vae, x))
+
+
+@pytest.mark.skipif(not OPEN_VAE.exists(), reason="no shipped open-set autoencoder")
+def test_shipped_open_set_autoencoder_keeps_the_colour_that_the_mis_synth_one_loses():
+    sets = images_of("open:heldout", 16, 6)  # 16 held-out open sets: 4 untouched, 2 round-tripped
+    new = check(load_autoencoder(OPEN_VAE).eval(), sets, context=4)
+    old = check(load_autoencoder("checkpoints/m2m-self-tiny", subfolder="vae").eval(), sets, context=4)
+    assert new["colour_retrieval_round_trip"] >= 0.6 > 0.3 >= old["colour_retrieval_round_trip"]
+    assert new["psnr"] > old["psnr"] + 6
