@@ -25,6 +25,7 @@ import dataclasses
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,10 +270,32 @@ def check_strategy(accelerator: Accelerator, batch_sets: int) -> None:
                          "support: use train/accelerate/deepspeed-zero2.yaml or ddp.yaml")  # fmt: skip
 
 
-def train(cfg: TrainConfig) -> dict:
-    out = Path(cfg.out)
+@dataclass
+class Run:
+    """What a training run builds once and every step uses: the model, its optimiser, schedule, EMA and log."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    pipe: M2MPipeline
+    model: M2MModel  # as accelerate prepared it
+    params: list[torch.nn.Parameter]
+    ema: EMAModel
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    vae: AutoencoderKL
+    progress: Progress
+    log: CsvLog | None = None
+    val: Validation | None = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+
+def start_run(cfg: TrainConfig) -> Run:
+    """The accelerator, the starting pipeline, what trains (all of it, or a LoRA), its optimiser, schedule and EMA."""
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them; no effect on CPU
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to, project_dir=str(out))
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to, project_dir=cfg.out)
     check_strategy(accelerator, cfg.batch_sets)
     pipe = build_start(cfg)
     set_seed(cfg.seed, device_specific=True)  # after building (which seeds itself): different noise on every rank
@@ -297,66 +320,86 @@ def train(cfg: TrainConfig) -> dict:
     if pipe.image_encoder is not None:
         pipe.image_encoder.to(accelerator.device)
     ema.to(accelerator.device)
+    return Run(cfg, accelerator, pipe, model, params, ema, opt, sched, vae, progress)
 
+
+def resume(run: Run) -> None:
+    """The last checkpoint's state, if there is one; then the log (cut at its step), trackers, the validation batch."""
+    accelerator, cfg = run.accelerator, run.cfg
     accelerator.print(f"training M2M-{cfg.variant} on {accelerator.num_processes} process(es), "
                       f"{accelerator.distributed_type}, {accelerator.device}")  # fmt: skip
-    resume = latest_checkpoint(out)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        ema.to(accelerator.device)  # the EMA's state comes back on the CPU
-        accelerator.print(f"resumed from {resume} at step {progress.step}")
-    log = CsvLog(out / "log.csv", progress.step) if accelerator.is_main_process else None
+    found = latest_checkpoint(run.out)
+    if found is not None:
+        accelerator.load_state(str(found))
+        run.ema.to(accelerator.device)  # the EMA's state comes back on the CPU
+        accelerator.print(f"resumed from {found} at step {run.progress.step}")
+    run.log = CsvLog(run.out / "log.csv", run.progress.step) if accelerator.is_main_process else None
     if cfg.report_to:
         accelerator.init_trackers("m2m", config=dataclasses.asdict(cfg))
-    val = Validation(cfg, vae, pipe.scheduler, accelerator.device) if cfg.val_data else None
-    res = vae.config.sample_size
+    run.val = Validation(cfg, run.vae, run.pipe.scheduler, accelerator.device) if cfg.val_data else None
 
-    def batches():
-        if cfg.data.startswith("open:"):  # rendered on the training device, no loader: training never waits for data
-            yield from open_batches(cfg, accelerator, res).iterate(progress.step)
-            return
-        while True:
-            loader = make_loader(cfg.data, cfg.batch_sets, cfg.min_k, cfg.max_k, res, cfg.workers, cfg.n_sets,
-                                 accelerator.process_index, accelerator.num_processes, seed=cfg.seed,
-                                 shuffle_buffer=cfg.shuffle_buffer)  # fmt: skip
-            loader.dataset.set_epoch(progress.epoch)
-            loader.dataset.resume_at(progress.batch_in_epoch, cfg.batch_sets)
-            yield from loader
-            progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
 
+def batches(run: Run) -> Iterator[dict]:
+    """Endless batches from where the run stands: open sets rendered on the device, or the loader's epochs."""
+    cfg, accelerator, progress = run.cfg, run.accelerator, run.progress
+    res = run.vae.config.sample_size
+    if cfg.data.startswith("open:"):  # rendered on the training device, no loader: training never waits for data
+        yield from open_batches(cfg, accelerator, res).iterate(progress.step)
+        return
+    while True:
+        loader = make_loader(cfg.data, cfg.batch_sets, cfg.min_k, cfg.max_k, res, cfg.workers, cfg.n_sets,
+                             accelerator.process_index, accelerator.num_processes, seed=cfg.seed,
+                             shuffle_buffer=cfg.shuffle_buffer)  # fmt: skip
+        loader.dataset.set_epoch(progress.epoch)
+        loader.dataset.resume_at(progress.batch_in_epoch, cfg.batch_sets)
+        yield from loader
+        progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
+
+
+def train_step(run: Run, batch: dict) -> tuple[torch.Tensor, int]:
+    """One optimiser step on a batch of sets; returns the loss and the images it saw on all processes."""
+    accelerator = run.accelerator
+    pixels = batch["pixels"].to(accelerator.device)  # (B, K, 3, H, W)
+    with accelerator.autocast() if pixels.is_cuda else nullcontext():  # bf16 encode on a GPU
+        latents = to_latents(run.vae, pixels.to(run.vae.dtype)).float()  # (B, K, 4, h, w); noised in fp32
+    with accelerator.autocast():
+        loss = run.model(latents, pixels).mean()  # pixels: what M2M-DINO's encoder reads
+    accelerator.backward(loss)
+    if run.cfg.grad_clip:
+        accelerator.clip_grad_norm_(run.params, run.cfg.grad_clip)
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    run.ema.step(run.params)
+    run.progress.step, run.progress.batch_in_epoch = run.progress.step + 1, run.progress.batch_in_epoch + 1
+    return loss, pixels.shape[0] * pixels.shape[1] * accelerator.num_processes
+
+
+def train(cfg: TrainConfig) -> dict:
+    """From the last checkpoint in `cfg.out` (or the start) to `cfg.steps`, or until `cfg.max_minutes` are spent."""
+    run = start_run(cfg)
+    resume(run)
     t0 = started = time.monotonic()
     images, last = 0, {}
-    bar = tqdm(total=cfg.steps, initial=progress.step, desc=f"M2M-{cfg.variant}",
-               disable=not accelerator.is_main_process)  # fmt: skip
-    for batch in batches():
-        if progress.step >= cfg.steps:
+    bar = tqdm(total=cfg.steps, initial=run.progress.step, desc=f"M2M-{cfg.variant}",
+               disable=not run.accelerator.is_main_process)  # fmt: skip
+    for batch in batches(run):
+        if run.progress.step >= cfg.steps:
             break
-        pixels = batch["pixels"].to(accelerator.device)  # (B, K, 3, H, W)
-        with accelerator.autocast() if pixels.is_cuda else nullcontext():  # bf16 encode on a GPU
-            latents = to_latents(vae, pixels.to(vae.dtype)).float()  # (B, K, 4, h, w); noised in fp32
-        with accelerator.autocast():
-            loss = model(latents, pixels).mean()  # pixels: what M2M-DINO's encoder reads
-        accelerator.backward(loss)
-        if cfg.grad_clip:
-            accelerator.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        ema.step(params)
-        progress.step, progress.batch_in_epoch = progress.step + 1, progress.batch_in_epoch + 1
-        images += pixels.shape[0] * pixels.shape[1] * accelerator.num_processes
+        loss, n = train_step(run, batch)
+        images += n
         bar.update()
-        last = step_end(cfg, accelerator, model, ema, params, pipe, val, log, progress, loss, sched, images, started)
+        last = step_end(run, loss, images, started)
         if last.get("images_per_s") is not None:
             started, images = time.monotonic(), 0
-        if cfg.max_minutes and out_of_time(accelerator, t0, cfg.max_minutes):
+        if cfg.max_minutes and out_of_time(run.accelerator, t0, cfg.max_minutes):
             break
     bar.close()
-    saved = latest_checkpoint(out)
-    if saved is None or int(saved.name.split("-")[1]) != progress.step:
-        finish_checkpoint(cfg, accelerator, out, ema, params, pipe, progress.step)
-    accelerator.end_training()
-    return {"step": progress.step, **last}
+    saved = latest_checkpoint(run.out)
+    if saved is None or int(saved.name.split("-")[1]) != run.progress.step:
+        finish_checkpoint(run, run.progress.step)
+    run.accelerator.end_training()
+    return {"step": run.progress.step, **last}
 
 
 def open_batches(cfg: TrainConfig, accelerator: Accelerator, res: int) -> OpenBatches:
@@ -371,35 +414,35 @@ def out_of_time(accelerator: Accelerator, t0: float, minutes: float) -> bool:
     return accelerator.reduce(late, "sum").item() > 0
 
 
-def step_end(cfg, accelerator, model, ema, params, pipe, val, log, progress, loss, sched, images, started) -> dict:
-    """Logging, validation, samples and checkpoints after a step."""
-    step, row = progress.step, {}
+def step_end(run: Run, loss: torch.Tensor, images: int, started: float) -> dict:
+    """Logging, validation, samples and checkpoints after a step; returns the logged row (empty if none)."""
+    cfg, accelerator, step, row = run.cfg, run.accelerator, run.progress.step, {}
     if step % cfg.log_every == 0 or step == 1:
         loss = accelerator.reduce(loss.detach(), "mean").item()
-        row = {"step": step, "loss": round(loss, 6), "lr": sched.get_last_lr()[0],
+        row = {"step": step, "loss": round(loss, 6), "lr": run.sched.get_last_lr()[0],
                "images_per_s": round(images / max(time.monotonic() - started, 1e-9), 2)}  # fmt: skip
-    if val is not None and (step % cfg.val_every == 0 or step == 1):
+    if run.val is not None and (step % cfg.val_every == 0 or step == 1):
         row["step"] = step
-        row["val_loss_context"], row["val_loss_no_context"] = (round(x, 6) for x in val(model))
+        row["val_loss_context"], row["val_loss_no_context"] = (round(x, 6) for x in run.val(run.model))
     if row and accelerator.is_main_process:
-        log.write(row)
+        run.log.write(row)
         tqdm.write(" ".join(f"{k}={v}" for k, v in row.items()))
     if row and cfg.report_to:
         accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
-    if step % cfg.sample_every == 0 and accelerator.is_main_process and val is not None:
-        with ema_weights(ema, params):
-            sample_grid(pipe, val.pixels[:2], Path(cfg.out) / "samples" / f"step-{step:07d}.png")
+    if step % cfg.sample_every == 0 and accelerator.is_main_process and run.val is not None:
+        with ema_weights(run.ema, run.params):
+            sample_grid(run.pipe, run.val.pixels[:2], run.out / "samples" / f"step-{step:07d}.png")
     if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-        finish_checkpoint(cfg, accelerator, Path(cfg.out), ema, params, pipe, step)
+        finish_checkpoint(run, step)
     return row
 
 
-def finish_checkpoint(cfg, accelerator, out: Path, ema, params, pipe, step: int) -> None:
-    save_checkpoint(accelerator, out, step, cfg.keep_checkpoints)
-    if accelerator.is_main_process:
-        with ema_weights(ema, params):
-            export(pipe, out / "pipeline", cfg)
-    accelerator.wait_for_everyone()
+def finish_checkpoint(run: Run, step: int) -> None:
+    save_checkpoint(run.accelerator, run.out, step, run.cfg.keep_checkpoints)
+    if run.accelerator.is_main_process:
+        with ema_weights(run.ema, run.params):
+            export(run.pipe, run.out / "pipeline", run.cfg)
+    run.accelerator.wait_for_everyone()
 
 
 @contextmanager
