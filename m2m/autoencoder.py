@@ -1,13 +1,12 @@
 """The tiny presets' autoencoder: diffusers' AutoencoderKL with a linear colour path beside the deep one.
 
 A tiny AutoencoderKL trained on open-ended sets learns lightness and returns every image grey: its
-latents carry no chroma at all (docs/open-sets.md). Trained to output the 8x8 mean of its input, a
-linear map, its encoder still gets the lightness and not the colour; take away the GroupNorm before
-its `conv_out` and it does learn the colour. Each GroupNorm divides a whole image's features by their
-spread, so how colourful the image is must be rebuilt from channel patterns, which a narrow network
-learns slowly. SD's wide autoencoder learns it over a long training; ours must learn it in minutes.
+latents carry no chroma at all (docs/open-sets.md §4). Lightness is most of an image's variance and
+is learnt first; in 200-300 steps, seven variants (norm groups, latent channels, attention, learning
+rate, KL weight, width) never started on the colour, where a plain conv autoencoder does within 150.
+SD's wide autoencoder learns colour over a long training; ours must learn it in minutes.
 
-So the colour also takes a path with no norm in it, in both directions:
+So the colour also takes a linear path, with no norm in it, in both directions:
 
     latent mean = deep encoder(x)  + colour_in(mean of x over each 8x8 block)
     image       = deep decoder(z)  + upsample(colour_out(z))
