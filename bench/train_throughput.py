@@ -78,6 +78,11 @@ def train_step(model: M2MModel, opt, autocast, latents: torch.Tensor, pixels: to
     opt.zero_grad(set_to_none=True)
 
 
+def rate(images_per_s: float) -> str:
+    """Whole images/s, or 3 significant digits below 100: a loaded CPU can take seconds per image."""
+    return f"{images_per_s:.0f}" if images_per_s >= 100 else f"{images_per_s:.3g}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -95,7 +100,7 @@ def main() -> None:
     print("| variant | images/s | images/s (model alone) | outside the UNet | data s | encode s | model s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['images_per_s']:.0f} | {r['images_per_s_model_only']:.0f} | "
+        print(f"| {r['variant']} | {rate(r['images_per_s'])} | {rate(r['images_per_s_model_only'])} | "
               f"{r['outside_share']:.1%} | {r['data_s']} | {r['encode_s']} | {r['model_s']} |")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
