@@ -30,7 +30,7 @@ from m2m.model import M2MModel
 from m2m.presets import build_pipeline
 from train.data.open_sets import OpenBatches
 from train.data.sprites import load_sprites
-from train.training.m2m import to_latents
+from train.training.m2m import bf16_is_fast, to_latents
 
 
 def timed(fn: Callable, device: torch.device):
@@ -89,11 +89,18 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["self", "dino"])
     p.add_argument("--batch-sets", type=int, default=8)
     p.add_argument("--k", type=int, default=4, help="images per set")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="auto: bf16 where it is fast (GPUs, AVX512 CPUs), else fp32",
+    )
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    if args.precision == "auto":
+        args.precision = "bf16" if bf16_is_fast(torch.device(args.device)) else "fp32"
     rows = [bench(v, args) for v in args.variants]
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"{name}, {torch.get_num_threads()} threads, {args.precision}, batch {args.batch_sets} sets x {args.k}")

@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 MINUTES=${MINUTES:-58}   # wall-clock budget of each M2M run; both run side by side, one core each
-PRECISION=${PRECISION:-bf16}  # M2M runs: bf16 autocast, fp32 weights (measured here: ~30 % more steps per hour,
-                              # the same loss per step); PRECISION=no for plain fp32 on a CPU without AVX512-BF16
+# M2M runs: bf16 autocast with fp32 weights where the CPU has AVX512 (~30 % more steps per hour there, the same
+# loss per step), else plain fp32: an AVX2-only CPU emulates bf16, many times slower (docs/training.md)
+PRECISION=${PRECISION:-$($PY -c 'import torch; print("bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no")')}
 export OMP_NUM_THREADS=1
 
 [ -f runs/vae-tiny/metrics.json ] || OMP_NUM_THREADS=2 $PY -m train.training.autoencoder --out runs/vae-tiny

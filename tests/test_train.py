@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 from m2m.attention import cross_attentions
 from m2m.loading import CheckpointError, load_pipeline
 from m2m.presets import build_pipeline
-from train.training.m2m import TRAIN_PRESETS, check_strategy, parse_args, train
+from train.training import m2m as training
+from train.training.m2m import TRAIN_PRESETS, check_precision, check_strategy, parse_args, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,6 +161,16 @@ def test_only_strategies_that_keep_parameters_whole_are_accepted():
     check_strategy(zero2, 4)
     assert zero2.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 4
     check_strategy(accelerator(DistributedType.MULTI_GPU), 4)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bf16_on_a_device_that_emulates_it_warns(monkeypatch, recwarn, fast):
+    monkeypatch.setattr(training, "bf16_is_fast", lambda device: fast)
+    for precision in ("no", "bf16"):
+        check_precision(SimpleNamespace(mixed_precision=precision, device=torch.device("cpu")))
+    assert [str(w.message) for w in recwarn if "emulated" in str(w.message)] == ([] if fast else [
+        "bf16 autocast is emulated on this cpu (no AVX512): a step is many times slower than in fp32; "
+        "train with --mixed-precision no"])  # fmt: skip
 
 
 def test_the_accelerate_configs_the_docs_name_exist():

@@ -25,6 +25,7 @@ import dataclasses
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -270,6 +271,21 @@ def check_strategy(accelerator: Accelerator, batch_sets: int) -> None:
                          "support: use train/accelerate/deepspeed-zero2.yaml or ddp.yaml")  # fmt: skip
 
 
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds a step up on `device`: on GPUs that have bf16, and on CPUs with oneDNN's
+    AVX512 bf16 kernels. On an AVX2-only CPU it is emulated and far slower than fp32 (docs/training.md)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def check_precision(accelerator: Accelerator) -> None:
+    """A warning where bf16 was asked for on a device that emulates it."""
+    if accelerator.mixed_precision == "bf16" and not bf16_is_fast(accelerator.device):
+        warnings.warn(f"bf16 autocast is emulated on this {accelerator.device} (no AVX512): a step is many times "
+                      "slower than in fp32; train with --mixed-precision no", stacklevel=2)  # fmt: skip
+
+
 @dataclass
 class Run:
     """What a training run builds once and every step uses: the model, its optimiser, schedule, EMA and log."""
@@ -297,6 +313,7 @@ def start_run(cfg: TrainConfig) -> Run:
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them; no effect on CPU
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to, project_dir=cfg.out)
     check_strategy(accelerator, cfg.batch_sets)
+    check_precision(accelerator)
     pipe = build_start(cfg)
     set_seed(cfg.seed, device_specific=True)  # after building (which seeds itself): different noise on every rank
     if cfg.lora_rank:
