@@ -11,6 +11,7 @@ from m2m.autoencoder import ColourAutoencoderKL, load_autoencoder
 from m2m.pipeline import M2MPipeline
 from m2m.presets import TINY, build_autoencoder, build_pipeline
 from train.evaluation.check_autoencoder import check, images_of
+from train.evaluation.set_metrics import SetMetrics
 
 OPEN_VAE = Path("checkpoints/vae-tiny-open")
 
@@ -65,7 +66,8 @@ def test_tiny_pipeline_saves_and_loads_its_colour_autoencoder(tmp_path):
 @pytest.mark.skipif(not OPEN_VAE.exists(), reason="no shipped open-set autoencoder")
 def test_shipped_open_set_autoencoder_keeps_the_colour_that_the_mis_synth_one_loses():
     sets = images_of("open:heldout", 16, 6)  # 16 held-out open sets: 4 untouched, 2 round-tripped
-    new = check(load_autoencoder(OPEN_VAE).eval(), sets, context=4)
-    old = check(load_autoencoder("checkpoints/m2m-self-tiny", subfolder="vae").eval(), sets, context=4)
+    metrics = SetMetrics.load()
+    new = check(load_autoencoder(OPEN_VAE).eval(), sets, 4, metrics)
+    old = check(load_autoencoder("checkpoints/m2m-self-tiny", subfolder="vae").eval(), sets, 4, metrics)
     assert new["colour_retrieval_round_trip"] >= 0.6 > 0.3 >= old["colour_retrieval_round_trip"]
     assert new["psnr"] > old["psnr"] + 6
