@@ -76,6 +76,8 @@ def test_zero_shot_and_contact_sheet_scripts_run_on_a_checkpoint(micro, tmp_path
                               "--out", str(out)])  # fmt: skip
     assert set(results) == {"model", "no-context", "chance_retrieval"} and out.is_file()
     assert SamplingParams.from_json(json.loads(out.read_text())) == SamplingParams(steps=2)  # what it sampled with
-    sheet = contact_sheets.main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "s.png"),
-                                 "--sets", "2", "--context", "2", "--generate", "1", "--steps", "2"])  # fmt: skip
-    assert Image.open(sheet).size[1] == 2 * 128 + 4  # two rows
+    for data in ("synth:heldout", "open:heldout"):
+        sheet = contact_sheets.main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "s.png"),
+                                     "--data", data, "--sets", "2", "--context", "2", "--generate", "1",
+                                     "--steps", "2"])  # fmt: skip
+        assert Image.open(sheet).size[1] == 2 * 128 + 4  # two rows

@@ -2,8 +2,9 @@
 
     python -m train.evaluation.contact_sheets --checkpoint checkpoints/m2m-self-tiny --out docs/m2m-self-tiny.png
 
-The sets are MIS-synth held-out sets (class-style combinations never seen in training), or any
-folders of images given with `--folders` (for example examples/zero-shot/*).
+The sets come from any source the loader reads (`--data`: MIS-synth's held-out class-style
+combinations by default, or `open:heldout`, `open:hard`), or from folders of images given with
+`--folders` (for example examples/zero-shot/*).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="PNG")
-    p.add_argument("--sets", type=int, default=6, help="held-out MIS-synth sets")
-    p.add_argument("--folders", nargs="*", default=None, help="context folders instead of MIS-synth sets")
+    p.add_argument("--data", default="synth:heldout", help="where the sets come from (train/data/loader.py)")
+    p.add_argument("--sets", type=int, default=6, help="how many sets of --data")
+    p.add_argument("--folders", nargs="*", default=None, help="context folders instead of --data")
     p.add_argument("--context", type=int, default=4)
     p.add_argument("--generate", type=int, default=4)
     add_arguments(p)  # --steps, --guidance, --seed (row i: seed + i), --scheduler, --max-context
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.folders:
         contexts = [[load_image(f) for f in sorted(Path(d).glob("*.png"))][: args.context] for d in args.folders]
     else:
-        contexts = [s["images"][: args.context] for s in load_sets("synth:heldout", args.sets, args.context)]
+        contexts = [s["images"][: args.context] for s in load_sets(args.data, args.sets, args.context)]
     params, rows = from_arguments(args), []
     for i, ctx in enumerate(contexts):
         generated = pipe(ctx, num_images=args.generate, params=params.replace(seed=params.seed + i)).images
