@@ -4,8 +4,12 @@
 #   base   M2M-Self (64 context tokens) and M2M-DINO side by side, one core each, for $MINUTES; run it
 #          again, in this session or the next, and both go on from their last checkpoint (same batches,
 #          same curve) until --steps;
-#   eval   the label-free set metrics of both (train/evaluation/evaluate.py) at c = 4 on open:heldout.
-# Nothing is installed into checkpoints/: a model is shipped only when it scores better (docs/open-sets.md).
+#   eval   the label-free set metrics of both (train/evaluation/evaluate.py): c = 4 on open:heldout and
+#          open:hard (32 sets), c = 3 on the photos (8 sets);
+#   install  both into checkpoints/m2m-{self,dino}-tiny, run by hand once they score better (docs/open-sets.md).
+#          The task adapters are LoRA deltas on the weights they were trained over: until they are
+#          retrained on the new bases, those MIS-synth bases move to checkpoints/mis-synth/ and the
+#          adapters are pointed at them there.
 #   bash scripts/train_open_cpu.sh vae && bash scripts/train_open_cpu.sh base && bash scripts/train_open_cpu.sh eval
 # The drawings' atlas comes from Debian packages (python -m train.data.sprites --help).
 set -euo pipefail
@@ -14,7 +18,9 @@ PY=${PY:-.venv/bin/python}
 R=${R:-runs/open-cpu}
 MINUTES=${MINUTES:-60}     # wall-clock budget of each base run per call
 VAE_MINUTES=${VAE_MINUTES:-55}
-STEPS=${STEPS:-20000}      # the cosine schedule's length: many calls' worth on a CPU
+SELF_STEPS=${SELF_STEPS:-900}  # the cosine schedules: M2M-Self takes ~7 s a step on one of 2 busy cores,
+DINO_STEPS=${DINO_STEPS:-1200}  # M2M-DINO ~5 s (fp32: bf16 is emulated on an AVX2-only CPU, many times slower)
+VAE=${VAE:-checkpoints/vae-tiny-open}  # the shipped colour autoencoder; or "$R/vae-colour" from the vae stage
 DINO=${DINO:-checkpoints/m2m-dino-tiny/image_encoder}  # the shipped tiny DINOv2 (MIS-synth); or one pretrained on
                                                        # open sets: python -m train.training.encoder --data open:train
 SPRITES=${SPRITES:-data/sprites.npz}
@@ -29,27 +35,46 @@ vae() {
 
 base() {
     [ -d "$DINO" ] || OMP_NUM_THREADS=2 $PY -m train.training.encoder --data open:train --out "$DINO"
-    local args=(--data open:train --val-data open:heldout --sprites "$SPRITES" --vae "$R/vae-colour" --steps "$STEPS"
+    local args=(--data open:train --val-data open:heldout --sprites "$SPRITES" --vae "$VAE"
                 --lr 5e-4 --warmup 200 --ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 6 --mixed-precision no
                 --log-every 10 --val-every 100 --checkpoint-every 100 --sample-every 100000
                 --max-minutes "$MINUTES" --export-fp16)
-    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant self --context-tokens 64 --out "$R/m2m-self-tiny" \
+    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant self --context-tokens 64 --steps "$SELF_STEPS" --out "$R/m2m-self-tiny" \
         "${args[@]}" >> "$R/m2m-self-tiny.log" 2>&1 &
-    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant dino --image-encoder "$DINO" --out "$R/m2m-dino-tiny" \
+    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant dino --image-encoder "$DINO" --steps "$DINO_STEPS" --out "$R/m2m-dino-tiny" \
         "${args[@]}" >> "$R/m2m-dino-tiny.log" 2>&1 &
     wait
 }
 
 evaluate() {
-    for v in self dino; do
-        OMP_NUM_THREADS=2 $PY -m train.evaluation.evaluate --checkpoint "$R/m2m-$v-tiny/pipeline" --data open:heldout \
-            --contexts 4 --sets 32 --generate 2 --steps 15 --out "$R/eval-$v.json" > "$R/eval-$v.log" 2>&1
+    local v=$1 ckpt=${2:-$R/m2m-$1-tiny/pipeline} tag=${3:-$1}
+    for split in heldout hard; do
+        OMP_NUM_THREADS=${THREADS:-2} $PY -m train.evaluation.evaluate --checkpoint "$ckpt" --data "open:$split" \
+            --contexts 4 --sets 32 --generate 2 --steps 15 --out "$R/eval-$tag-$split.json" > "$R/eval-$tag-$split.log" 2>&1
     done
+    OMP_NUM_THREADS=${THREADS:-2} $PY -m train.evaluation.evaluate --checkpoint "$ckpt" --data folders:examples/zero-shot \
+        --contexts 3 --sets 8 --generate 1 --steps 15 --out "$R/eval-$tag-photos.json" > "$R/eval-$tag-photos.log" 2>&1
+}
+
+install() {
+    for v in self dino; do
+        if [ ! -d "checkpoints/mis-synth/m2m-$v-tiny" ]; then
+            mkdir -p checkpoints/mis-synth && mv "checkpoints/m2m-$v-tiny" "checkpoints/mis-synth/m2m-$v-tiny"
+            for task in nvs procedure; do
+                $PY -c "import sys; from m2m.adapters import rebase; rebase(*sys.argv[1:])" \
+                    "checkpoints/m2m-$v-tiny-$task" "checkpoints/mis-synth/m2m-$v-tiny"
+            done
+        fi
+        rm -rf "checkpoints/m2m-$v-tiny" && cp -r "$R/m2m-$v-tiny/pipeline" "checkpoints/m2m-$v-tiny"
+    done
+    du -sh checkpoints
 }
 
 case "${1:-}" in
     vae) vae ;;
     base) base ;;
-    eval) evaluate ;;
-    *) echo "usage: $0 vae|base|eval" >&2; exit 2 ;;
+    eval) evaluate self && evaluate dino ;;
+    eval-one) evaluate "${@:2}" ;;  # VARIANT [CHECKPOINT [TAG]]: one model, e.g. a snapshot of the learning curve
+    install) install ;;
+    *) echo "usage: $0 vae|base|eval|eval-one|install" >&2; exit 2 ;;
 esac
