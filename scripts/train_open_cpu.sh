@@ -46,25 +46,32 @@ base() {
     wait
 }
 
-evaluate() {
-    local v=$1 ckpt=${2:-$R/m2m-$1-tiny/pipeline} tag=${3:-$1}
+evaluate() {  # VARIANT [CHECKPOINT [TAG]]
+    local v=${1:?usage: $0 eval-one self|dino [CHECKPOINT [TAG]]} ckpt=${2:-} tag=${3:-} split
+    ckpt=${ckpt:-$R/m2m-$v-tiny/pipeline}
+    tag=${tag:-$(echo "$ckpt" | tr / _)}
     for split in heldout hard; do
         OMP_NUM_THREADS=${THREADS:-2} $PY -m train.evaluation.evaluate --checkpoint "$ckpt" --data "open:$split" \
-            --contexts 4 --sets 32 --generate 2 --steps 15 --out "$R/eval-$tag-$split.json" > "$R/eval-$tag-$split.log" 2>&1
+            --contexts 4 --sets 32 --generate 2 --steps 15 --out "$R/eval-$tag-$split.json" > "$R/eval-$tag-$split.log" 2>&1 \
+            || { echo "evaluation of $ckpt on open:$split failed: $R/eval-$tag-$split.log" >&2; return 1; }
     done
     OMP_NUM_THREADS=${THREADS:-2} $PY -m train.evaluation.evaluate --checkpoint "$ckpt" --data folders:examples/zero-shot \
-        --contexts 3 --sets 8 --generate 1 --steps 15 --out "$R/eval-$tag-photos.json" > "$R/eval-$tag-photos.log" 2>&1
+        --contexts 3 --sets 8 --generate 1 --steps 15 --out "$R/eval-$tag-photos.json" > "$R/eval-$tag-photos.log" 2>&1 \
+        || { echo "evaluation of $ckpt on the photos failed: $R/eval-$tag-photos.log" >&2; return 1; }
 }
 
 install() {
+    local v task
     for v in self dino; do
-        if [ ! -d "checkpoints/mis-synth/m2m-$v-tiny" ]; then
-            mkdir -p checkpoints/mis-synth && mv "checkpoints/m2m-$v-tiny" "checkpoints/mis-synth/m2m-$v-tiny"
-            for task in nvs procedure; do
-                $PY -c "import sys; from m2m.adapters import rebase; rebase(*sys.argv[1:])" \
-                    "checkpoints/m2m-$v-tiny-$task" "checkpoints/mis-synth/m2m-$v-tiny"
-            done
-        fi
+        [ -f "$R/m2m-$v-tiny/pipeline/model_index.json" ] || { echo "no trained $R/m2m-$v-tiny/pipeline" >&2; exit 1; }
+    done
+    mkdir -p checkpoints/mis-synth
+    for v in self dino; do
+        [ -d "checkpoints/mis-synth/m2m-$v-tiny" ] || mv "checkpoints/m2m-$v-tiny" "checkpoints/mis-synth/m2m-$v-tiny"
+        for task in nvs procedure; do  # again on every call: a rebase is idempotent
+            $PY -c "import sys; from m2m.adapters import rebase; rebase(*sys.argv[1:])" \
+                "checkpoints/m2m-$v-tiny-$task" "checkpoints/mis-synth/m2m-$v-tiny"
+        done
         rm -rf "checkpoints/m2m-$v-tiny" && cp -r "$R/m2m-$v-tiny/pipeline" "checkpoints/m2m-$v-tiny"
     done
     du -sh checkpoints
@@ -73,7 +80,7 @@ install() {
 case "${1:-}" in
     vae) vae ;;
     base) base ;;
-    eval) evaluate self && evaluate dino ;;
+    eval) evaluate self; evaluate dino ;;
     eval-one) evaluate "${@:2}" ;;  # VARIANT [CHECKPOINT [TAG]]: one model, e.g. a snapshot of the learning curve
     install) install ;;
     *) echo "usage: $0 vae|base|eval|eval-one|install" >&2; exit 2 ;;

@@ -76,8 +76,9 @@ def test_zero_shot_and_contact_sheet_scripts_run_on_a_checkpoint(micro, tmp_path
                               "--out", str(out)])  # fmt: skip
     assert set(results) == {"model", "no-context", "chance_retrieval"} and out.is_file()
     assert SamplingParams.from_json(json.loads(out.read_text())) == SamplingParams(steps=2)  # what it sampled with
-    for data in ("synth:heldout", "open:heldout"):
-        sheet = contact_sheets.main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "s.png"),
-                                     "--data", data, "--sets", "2", "--context", "2", "--generate", "1",
-                                     "--steps", "2"])  # fmt: skip
-        assert Image.open(sheet).size[1] == 2 * 128 + 4  # two rows
+    sheets = [contact_sheets.main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / f"{i}.png"),
+                                   "--data", data, "--sets", "2", "--context", "2", "--generate", "1", "--steps", "2"])
+              for i, data in enumerate(("synth:heldout", "open:heldout"))]  # fmt: skip
+    synth, open_sets = (np.asarray(Image.open(sheet)) for sheet in sheets)
+    assert synth.shape[0] == 2 * 128 + 4  # two rows
+    assert synth.shape == open_sets.shape and (synth != open_sets).any()  # --data picked the sets

@@ -173,6 +173,11 @@ def test_bf16_on_a_device_that_emulates_it_warns(monkeypatch, recwarn, fast):
         "train with --mixed-precision no"])  # fmt: skip
 
 
+def test_bf16_is_fast_on_a_cpu_exactly_where_onednn_has_bf16_kernels():
+    assert training.bf16_is_fast(torch.device("cpu")) is torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert training.bf16_is_fast(torch.device("meta")) is False
+
+
 def test_the_accelerate_configs_the_docs_name_exist():
     texts = [ROOT / "README.md", ROOT / "train/training/m2m.py", *sorted((ROOT / "docs").glob("*.md"))]
     named = {m for path in texts for m in re.findall(r"train/accelerate/[\w.-]+\.yaml", path.read_text())}

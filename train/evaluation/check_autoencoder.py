@@ -1,6 +1,6 @@
 """Does an autoencoder pass any image through? PSNR and own-set colour and shape retrieval of its round trip.
 
-    python -m train.evaluation.check_autoencoder --vae checkpoints/m2m-self-tiny/vae runs/open/vae-open
+    python -m train.evaluation.check_autoencoder --vae checkpoints/vae-tiny-open runs/open/vae-open
 
 For each source, the first `--context` images of every set are kept as they are and the others go
 through the autoencoder (posterior mean, as the pipeline encodes); colour retrieval asks whether
@@ -66,11 +66,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     sets = {src: images_of(src, args.sets, args.length) for src in args.data}
-    results = {}
+    embedder, results = SetMetrics.load(args.embedder).embedder, {}
     for folder in args.vae:
         vae = load_autoencoder(folder, torch_dtype=torch.float32).eval()
         results[folder] = {
-            src: check(vae, s, args.context, SetMetrics.load(args.embedder, min(16, len(s)))) for src, s in sets.items()
+            src: check(vae, s, args.context, SetMetrics(embedder, min(16, len(s)))) for src, s in sets.items()
         }
     print("| autoencoder | data | sets | PSNR dB | colour retrieval: round trip (truth) | shape: round trip (truth) |")
     print("|---|---|---|---|---|---|")

@@ -275,15 +275,17 @@ def bf16_is_fast(device: torch.device) -> bool:
     """Whether bf16 autocast speeds a step up on `device`: on GPUs that have bf16, and on CPUs with oneDNN's
     AVX512 bf16 kernels. On an AVX2-only CPU it is emulated and far slower than fp32 (docs/training.md)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # Ampere and later
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def check_precision(accelerator: Accelerator) -> None:
     """A warning where bf16 was asked for on a device that emulates it."""
-    if accelerator.mixed_precision == "bf16" and not bf16_is_fast(accelerator.device):
-        warnings.warn(f"bf16 autocast is emulated on this {accelerator.device} (no AVX512): a step is many times "
-                      "slower than in fp32; train with --mixed-precision no", stacklevel=2)  # fmt: skip
+    device = accelerator.device
+    if accelerator.mixed_precision == "bf16" and not bf16_is_fast(device):
+        why = "no AVX512" if device.type == "cpu" else "no native bf16"
+        warnings.warn(f"bf16 autocast is emulated on this {device.type} ({why}): a step is many times slower "
+                      "than in fp32; train with --mixed-precision no", stacklevel=2)  # fmt: skip
 
 
 @dataclass
