@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 from safetensors import safe_open
@@ -44,7 +45,9 @@ def size(folder: Path) -> str:
         with safe_open(file, "pt") as f:
             params += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
     text = f"{mb:.1f} MB, {params / 1e6:.1f}M parameters"
-    return text + f" (an adapter over `{base_folder(folder).name}`)" if is_adapter(folder) else text
+    if not is_adapter(folder):
+        return text
+    return text + f" (an adapter over `{os.path.relpath(base_folder(folder), folder.parent)}`)"  # beside it: its name
 
 
 def read_cards(path: Path = CARDS) -> dict:
@@ -57,10 +60,9 @@ def row(models: Models, variant: str, task: str, cards: dict) -> str:
     if reason:
         return f"| {variant} | {task} | `{folder.name}` | | | | unavailable: {reason} |"
     card = cards.get(folder.name, {})
-    quality = card.get("quality", "not measured")
-    if card and card.get("weights") != fingerprint(folder):
-        quality = "not measured for these weights (the card describes other ones)"
-    trained_on = card.get("trained_on", "")
+    if card and card.get("weights") != fingerprint(folder):  # a retrained model: neither its data nor its figures
+        card = {"quality": "not measured for these weights (the card describes other ones)"}
+    quality, trained_on = card.get("quality", "not measured"), card.get("trained_on", "")
     return f"| {variant} | {task} | `{folder.name}` | {trained_on} | {size(folder)} | {quality} | ready |"
 
 

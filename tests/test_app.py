@@ -232,7 +232,8 @@ def test_models_panel_gives_each_model_its_card_size_and_status(models):
     rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in table.splitlines()[2:8]}
     assert len(rows) == len(VARIANTS) * len(TASKS)
     assert "MIS-synth" in rows["M2M-Self", "General"] and "style 0.56" in rows["M2M-Self", "General"]
-    assert "not measured for these weights" in rows["M2M-DINO", "General"]  # a retrained model: no old figures
+    assert "not measured for these weights" in rows["M2M-DINO", "General"]  # a retrained model: no old figures,
+    assert "MIS-synth" not in rows["M2M-DINO", "General"]  # nor the old data
     assert "unavailable: no checkpoint at" in rows["M2M-DINO", "Novel View Synthesis"]
     pipe = load_pipeline(folder)
     n = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.isa) for p in m.parameters())
