@@ -74,8 +74,9 @@ def models_table(models: Models, cards: dict | None = None) -> str:
     dtype = str(models.dtype).removeprefix("torch.")
     note = (
         f"\n\nCheckpoints from `{models.checkpoint_dir}`, running on {models.device} ({dtype}). "
-        "Quality: content and style consistency judged by probe classifiers (chance 0.07 and 0.04), with 4 "
-        "given images; next-image PSNR and SSIM for the task models, against the general model (base) and "
-        "copying the last image. All figures and how they were measured: docs/quality.md and docs/tasks.md."
+        "Quality: for the general models, own-set retrieval among 16 held-out open-ended sets by colour (a chroma "
+        "histogram) and by shape (a colour-free set embedder), with 4 given images (chance 0.06); next-image PSNR "
+        "and SSIM for the task models, against the general model (base) and copying the last image. All figures "
+        "and how they were measured: docs/open-sets.md and docs/tasks.md."
     )
     return "\n".join(head + rows) + note
