@@ -47,17 +47,15 @@ base() {
 }
 
 evaluate() {  # VARIANT [CHECKPOINT [TAG]]
-    local v=${1:?usage: $0 eval-one self|dino [CHECKPOINT [TAG]]} ckpt=${2:-} tag=${3:-} split
+    local v=${1:?usage: $0 eval-one self|dino [CHECKPOINT [TAG]]} ckpt=${2:-} tag=${3:-} spec
     ckpt=${ckpt:-$R/m2m-$v-tiny/pipeline}
     tag=${tag:-$(echo "$ckpt" | tr / _)}
-    for split in heldout hard; do
-        OMP_NUM_THREADS=${THREADS:-2} $PY -m train.evaluation.evaluate --checkpoint "$ckpt" --data "open:$split" \
-            --contexts 4 --sets 32 --generate 2 --steps 15 --out "$R/eval-$tag-$split.json" > "$R/eval-$tag-$split.log" 2>&1 \
-            || { echo "evaluation of $ckpt on open:$split failed: $R/eval-$tag-$split.log" >&2; return 1; }
+    for spec in "heldout open:heldout 4 32 2" "hard open:hard 4 32 2" "photos folders:examples/zero-shot 3 8 1"; do
+        set -- $spec  # name, source, contexts, sets, images generated per set
+        OMP_NUM_THREADS=${THREADS:-2} $PY -m train.evaluation.evaluate --checkpoint "$ckpt" --data "$2" --contexts "$3" \
+            --sets "$4" --generate "$5" --steps 15 --out "$R/eval-$tag-$1.json" > "$R/eval-$tag-$1.log" 2>&1 \
+            || { echo "evaluation of $ckpt on $2 failed: $R/eval-$tag-$1.log" >&2; return 1; }
     done
-    OMP_NUM_THREADS=${THREADS:-2} $PY -m train.evaluation.evaluate --checkpoint "$ckpt" --data folders:examples/zero-shot \
-        --contexts 3 --sets 8 --generate 1 --steps 15 --out "$R/eval-$tag-photos.json" > "$R/eval-$tag-photos.log" 2>&1 \
-        || { echo "evaluation of $ckpt on the photos failed: $R/eval-$tag-photos.log" >&2; return 1; }
 }
 
 install() {

@@ -9,7 +9,8 @@ PY=${PY:-.venv/bin/python}
 MINUTES=${MINUTES:-58}   # wall-clock budget of each M2M run; both run side by side, one core each
 # M2M runs: bf16 autocast with fp32 weights where the CPU has AVX512 (~30 % more steps per hour there, the same
 # loss per step), else plain fp32: an AVX2-only CPU emulates bf16, many times slower (docs/training.md)
-PRECISION=${PRECISION:-$($PY -c 'import torch; print("bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no")')}
+PRECISION=${PRECISION:-$($PY -c 'import torch; from train.training.m2m import bf16_is_fast
+print("bf16" if bf16_is_fast(torch.device("cpu")) else "no")')}
 export OMP_NUM_THREADS=1
 
 [ -f runs/vae-tiny/metrics.json ] || OMP_NUM_THREADS=2 $PY -m train.training.autoencoder --out runs/vae-tiny
