@@ -9,7 +9,7 @@
 #   DEVICE=cpu PREP_MIN=0.3 BASE_MIN=0.5 TASK_MIN=0.3 BATCH=4 R=/tmp/dry bash scripts/train_open_gpu.sh  # a CPU dry run
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/gpu_common.sh
+source scripts/common.sh
 PY=${PY:-.venv/bin/python}
 R=${R:-runs/open}
 DEVICE=${DEVICE:-cuda}

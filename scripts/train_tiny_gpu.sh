@@ -10,7 +10,7 @@
 # The autoencoder (runs/vae-tiny-decoder) and the DINO encoder come first: train_tiny.sh makes them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/gpu_common.sh
+source scripts/common.sh
 PY=${PY:-.venv/bin/python}
 R=${R:-runs/gpu}
 MINUTES=${MINUTES:-5}            # each base run; both share the GPU

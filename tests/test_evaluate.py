@@ -118,3 +118,18 @@ def test_paper_metrics_code_path_with_random_weights(heldout, clip_tokenizer):
     assert set(scores) == {"fid", "inception_score", "clip_text", "clip_image"}
     assert all(np.isfinite(v) for v in scores.values()), scores
     assert scores["inception_score"] >= 1.0 - 1e-4
+
+
+def test_learning_curve_reads_the_measured_points_and_draws_both_panels(tmp_path):
+    from train.evaluation.learning_curve import PANEL_W, plot, read_points
+
+    csv_path = tmp_path / "curve.csv"
+    csv_path.write_text(
+        "model,step,images,colour,shape,note\nA,2,2000,0.5,0.1,x\nA,1,1000,0.3,0.1,x\nB,1,1000,0.2,0.0,x\n"
+    )
+    points = read_points(csv_path)
+    assert points == {"A": [(1000.0, 0.3, 0.1), (2000.0, 0.5, 0.1)], "B": [(1000.0, 0.2, 0.0)]}
+    img = np.asarray(plot(points, {"colour": 0.9, "shape": 0.5}, {"colour": 0.9, "shape": 0.8}, 1 / 16))
+    blue = (img[..., 2] > 150) & (img[..., 0] < 80)  # model A's colour
+    columns = np.nonzero(blue.any(0))[0]
+    assert columns.min() < PANEL_W and columns.max() > PANEL_W  # its series in both panels

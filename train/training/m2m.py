@@ -11,9 +11,11 @@ its own timestep and predicts it from the clean images before it (teacher forcin
 call). A checkpoint (`out/checkpoints/step-N`, written to a temporary folder and renamed) holds
 the model, optimiser, schedule, EMA, RNG and data position, so a run killed at any moment
 resumes from its last checkpoint at the same step, on the same batches, with the same loss
-curve: run the same command again. `out/pipeline` is the EMA model as an M2MPipeline,
+curve: run the same command again (a checkpoint refuses other recipe flags). `out/pipeline` is the
+EMA model as an M2MPipeline (with `--export-raw`, `out/pipeline-raw` the training weights),
 `out/log.csv` the loss, the learning rate, images/s and a held-out loss with and without the
 context (the first sign that the context is used), `out/samples/` a sample grid every N steps.
+The recipe (train/training/recipe.py): --timestep-sampler, --min-snr-gamma, --zero-terminal-snr.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from m2m.sampling import SamplingParams
 from m2m.sets import atomic_folder, contact_sheet, stack_rows
 from train.data.loader import make_loader
 from train.data.open_sets import OpenBatches
+from train.training.recipe import TIMESTEP_SAMPLERS, min_snr_weights, sample_timesteps, with_zero_terminal_snr
 
 
 @dataclass
@@ -77,6 +80,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    timestep_sampler: str = "uniform"  # the recipe (train/training/recipe.py): uniform or logit-normal,
+    min_snr_gamma: float | None = None  # min-SNR-γ loss weights (None: all 1),
+    zero_terminal_snr: bool = False  # betas rescaled to zero terminal SNR (saved in the model's scheduler)
     context_dropout: float = 0.1
     mixed_precision: str | None = None  # no / fp16 / bf16; None: as `accelerate launch` (or its config) says
     gradient_checkpointing: bool = False
@@ -92,6 +98,7 @@ class TrainConfig:
     seed: int = 0
     report_to: str | None = None  # "tensorboard" or "wandb" besides log.csv
     export_fp16: bool = False  # out/pipeline in fp16 (half the size)
+    export_raw: bool = False  # also out/pipeline-raw: the training weights without the EMA
     lora_rank: int = 0  # > 0: fine-tune --init with a LoRA of this rank (+ its ISA weights); out/pipeline is an adapter
     task: str = ""  # the task a fine-tune is for (recorded in the adapter)
 
@@ -121,16 +128,37 @@ LOG_FIELDS = ["step", "loss", "lr", "images_per_s", "val_loss_context", "val_los
 
 
 class Progress:
-    """What a checkpoint needs besides the weights: the step and the data position."""
+    """What a checkpoint needs besides the weights: the step, the data position and the recipe it trains with."""
 
-    def __init__(self):
-        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+    def __init__(self, recipe: dict):
+        self.step, self.epoch, self.batch_in_epoch, self.recipe = 0, 0, 0, recipe
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "recipe": self.recipe}
 
     def load_state_dict(self, state: dict) -> None:
+        saved = state.get("recipe", RECIPE_DEFAULTS)  # checkpoints from before the recipe flags used the defaults
+        if saved != self.recipe:
+            raise ValueError(f"the checkpoint was trained with {saved}, this run asks for {self.recipe}: "
+                             "give the same flags, or a new --out")  # fmt: skip
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+
+
+RECIPE_FIELDS = ("timestep_sampler", "min_snr_gamma", "zero_terminal_snr")
+RECIPE_DEFAULTS = {name: getattr(TrainConfig(), name) for name in RECIPE_FIELDS}
+
+
+def recipe_of(cfg: TrainConfig) -> dict:
+    """The flags that change the learning signal: a run resumes only with the same ones."""
+    return {name: getattr(cfg, name) for name in RECIPE_FIELDS}
+
+
+def check_recipe(cfg: TrainConfig) -> None:
+    """Bad recipe flags, refused before anything is built."""
+    if cfg.timestep_sampler not in TIMESTEP_SAMPLERS:
+        raise ValueError(f"--timestep-sampler {cfg.timestep_sampler!r}: choose from {TIMESTEP_SAMPLERS}")
+    if cfg.zero_terminal_snr and cfg.lora_rank:  # an adapter keeps no scheduler: it samples with its base's
+        raise ValueError("--zero-terminal-snr changes the noise schedule, which a LoRA adapter cannot carry")
 
 
 def build_start(cfg: TrainConfig) -> M2MPipeline:
@@ -204,7 +232,7 @@ def sample_grid(pipe: M2MPipeline, sets: torch.Tensor, path: Path) -> None:
 
 
 def export(pipe: M2MPipeline, out: Path, cfg: TrainConfig) -> None:
-    """The EMA model as a pipeline folder (or a task adapter), written to a temporary folder and renamed."""
+    """The model (the EMA's weights, or the raw ones) as a pipeline folder or a task adapter, written atomically."""
     if cfg.lora_rank:
         save_adapter(pipe, out, cfg.init, pipe.unet.peft_config["default"], cfg.task)
         return
@@ -316,7 +344,10 @@ def start_run(cfg: TrainConfig) -> Run:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to, project_dir=cfg.out)
     check_strategy(accelerator, cfg.batch_sets)
     check_precision(accelerator)
+    check_recipe(cfg)
     pipe = build_start(cfg)
+    if cfg.zero_terminal_snr:  # saved with the model: its sampler then starts from pure noise
+        pipe.register_modules(scheduler=with_zero_terminal_snr(pipe.scheduler))
     set_seed(cfg.seed, device_specific=True)  # after building (which seeds itself): different noise on every rank
     if cfg.lora_rank:
         if cfg.init is None:
@@ -333,7 +364,7 @@ def start_run(cfg: TrainConfig) -> Run:
     n = accelerator.num_processes
     sched = get_cosine_schedule_with_warmup(opt, cfg.warmup * n, cfg.steps * n)
     model, opt, sched = accelerator.prepare(model, opt, sched)
-    progress = Progress()
+    progress = Progress(recipe_of(cfg))
     accelerator.register_for_checkpointing(ema, progress)
     vae = pipe.vae.to(accelerator.device).requires_grad_(False).eval()
     if pipe.image_encoder is not None:
@@ -382,7 +413,7 @@ def train_step(run: Run, batch: dict) -> tuple[torch.Tensor, int]:
     with accelerator.autocast() if pixels.is_cuda else nullcontext():  # bf16 encode on a GPU
         latents = to_latents(run.vae, pixels.to(run.vae.dtype)).float()  # (B, K, 4, h, w); noised in fp32
     with accelerator.autocast():
-        loss = run.model(latents, pixels).mean()  # pixels: what M2M-DINO's encoder reads
+        loss = weighted_loss(run, latents, pixels)
     accelerator.backward(loss)
     if run.cfg.grad_clip:
         accelerator.clip_grad_norm_(run.params, run.cfg.grad_clip)
@@ -392,6 +423,20 @@ def train_step(run: Run, batch: dict) -> tuple[torch.Tensor, int]:
     run.ema.step(run.params)
     run.progress.step, run.progress.batch_in_epoch = run.progress.step + 1, run.progress.batch_in_epoch + 1
     return loss, pixels.shape[0] * pixels.shape[1] * accelerator.num_processes
+
+
+def weighted_loss(run: Run, latents: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """The batch's loss under the recipe: timesteps drawn by `cfg.timestep_sampler`, each image weighted (min-SNR).
+
+    This is log.csv's `loss`; the held-out losses stay unweighted, on uniform timesteps.
+    """
+    cfg, scheduler = run.cfg, run.pipe.scheduler
+    b, k = latents.shape[:2]
+    t = sample_timesteps(cfg.timestep_sampler, b * k, scheduler.config.num_train_timesteps, latents.device)  # (B*K,)
+    per_image = run.model(latents, pixels, t)  # (B, K); pixels: what M2M-DINO's encoder reads
+    if cfg.min_snr_gamma is not None:
+        per_image = per_image * min_snr_weights(scheduler, t, cfg.min_snr_gamma).view(b, k)
+    return per_image.mean()
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -461,6 +506,8 @@ def finish_checkpoint(run: Run, step: int) -> None:
     if run.accelerator.is_main_process:
         with ema_weights(run.ema, run.params):
             export(run.pipe, run.out / "pipeline", run.cfg)
+        if run.cfg.export_raw:
+            export(run.pipe, run.out / "pipeline-raw", run.cfg)
     run.accelerator.wait_for_everyone()
 
 
