@@ -10,10 +10,15 @@
 #          The task adapters are LoRA deltas on the weights they were trained over: until they are
 #          retrained on the new bases, those MIS-synth bases move to checkpoints/mis-synth/ and the
 #          adapters are pointed at them there.
+#   tasks  the four task adapters (LoRA) over the bases in checkpoints/m2m-{self,dino}-tiny, two at a time, one
+#          core each, $TASK_MINUTES each (novel views rendered to $R/nvs first);
+#   eval-tasks  train/evaluation/tasks.py on each: the new adapter and the shipped one, side by side;
+#   install-tasks  the new adapters into checkpoints/, over the open-set bases (by hand, once they score better).
 #   bash scripts/train_open_cpu.sh vae && bash scripts/train_open_cpu.sh base && bash scripts/train_open_cpu.sh eval
 # The drawings' atlas comes from Debian packages (python -m train.data.sprites --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 PY=${PY:-.venv/bin/python}
 R=${R:-runs/open-cpu}
 MINUTES=${MINUTES:-60}     # wall-clock budget of each base run per call
@@ -24,6 +29,8 @@ VAE=${VAE:-checkpoints/vae-tiny-open}  # the shipped colour autoencoder; or "$R/
 DINO=${DINO:-checkpoints/m2m-dino-tiny/image_encoder}  # the shipped tiny DINOv2 (MIS-synth); or one pretrained on
                                                        # open sets: python -m train.training.encoder --data open:train
 SPRITES=${SPRITES:-data/sprites.npz}
+TASK_MINUTES=${TASK_MINUTES:-15}
+NVS_OBJECTS=${NVS_OBJECTS:-600}
 
 vae() {
     mkdir -p "$R"
@@ -43,7 +50,7 @@ base() {
         "${args[@]}" >> "$R/m2m-self-tiny.log" 2>&1 &
     OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant dino --image-encoder "$DINO" --steps "$DINO_STEPS" --out "$R/m2m-dino-tiny" \
         "${args[@]}" >> "$R/m2m-dino-tiny.log" 2>&1 &
-    wait
+    wait_all
 }
 
 evaluate() {  # VARIANT [CHECKPOINT [TAG]]
@@ -75,11 +82,70 @@ install() {
     du -sh checkpoints
 }
 
+adapter() {  # VARIANT TASK: one adapter over checkpoints/m2m-VARIANT-tiny, resumable
+    local v=$1 task=$2 data=procedure:train
+    [ "$task" = procedure ] || data="$R/nvs"
+    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant "$v" --init "checkpoints/m2m-$v-tiny" --task "$task" \
+        --data "$data" --val-data "$task:heldout" --lora-rank 16 --steps 1200 --lr 1e-3 --warmup 50 --ema-decay 0.995 \
+        --batch-sets 8 --min-k 2 --max-k 5 --workers 0 --mixed-precision no --log-every 10 --val-every 50 \
+        --checkpoint-every 50 --sample-every 100000 --max-minutes "$TASK_MINUTES" --out "$R/m2m-$v-tiny-$task" \
+        >> "$R/m2m-$v-tiny-$task.log" 2>&1
+}
+
+tasks() {
+    local v task
+    for v in self dino; do  # an adapter is a delta on its base: train it over the open-set one, once installed
+        [ -d "checkpoints/mis-synth/m2m-$v-tiny" ] || { echo "checkpoints/m2m-$v-tiny is not the open-set base: $0 install" >&2; exit 1; }
+    done
+    mkdir -p "$R"
+    if [ ! -f "$R/nvs/done" ]; then
+        OMP_NUM_THREADS=1 $PY -m train.data.nvs --out "$R/nvs" --objects "$NVS_OBJECTS" --workers 2 > "$R/nvs.log" 2>&1 \
+            || { echo "rendering novel views failed: $R/nvs.log" >&2; exit 1; }
+        touch "$R/nvs/done"
+    fi
+    for task in nvs procedure; do
+        adapter self "$task" & adapter dino "$task" &
+        wait_all || { echo "an adapter run failed: $R/m2m-*-tiny-$task.log" >&2; exit 1; }
+    done
+}
+
+evaluate_task() {  # ADAPTER BASE TAG: train/evaluation/tasks.py, on one core
+    OMP_NUM_THREADS=1 $PY -m train.evaluation.tasks --task "${3##*-}" --checkpoint "$1" --base "$2" --sequences 30 \
+        --ks 1 2 4 --steps 20 --out "$R/tasks-$3.json" > "$R/tasks-$3.log" 2>&1
+}
+
+evaluate_tasks() {  # the new adapter over the open-set base and the shipped one over its own base, side by side
+    local v task shipped_base
+    for task in nvs procedure; do
+        for v in self dino; do
+            shipped_base=$($PY -c "import sys; from m2m.adapters import base_folder; print(base_folder(sys.argv[1]))" \
+                "checkpoints/m2m-$v-tiny-$task")
+            evaluate_task "$R/m2m-$v-tiny-$task/pipeline" "checkpoints/m2m-$v-tiny" "new-$v-$task" &
+            evaluate_task "checkpoints/m2m-$v-tiny-$task" "$shipped_base" "shipped-$v-$task" &
+            wait_all || { echo "a task evaluation failed: $R/tasks-*-$v-$task.log" >&2; exit 1; }
+        done
+    done
+}
+
+install_tasks() {
+    local v task
+    for v in self dino; do
+        for task in nvs procedure; do
+            [ -f "$R/m2m-$v-tiny-$task/pipeline/adapter_config.json" ] || { echo "no adapter $R/m2m-$v-tiny-$task" >&2; exit 1; }
+        done
+    done
+    install_adapters
+    du -sh checkpoints
+}
+
 case "${1:-}" in
     vae) vae ;;
     base) base ;;
     eval) evaluate self; evaluate dino ;;
     eval-one) evaluate "${@:2}" ;;  # VARIANT [CHECKPOINT [TAG]]: one model, e.g. a snapshot of the learning curve
     install) install ;;
-    *) echo "usage: $0 vae|base|eval|eval-one|install" >&2; exit 2 ;;
+    tasks) tasks ;;
+    eval-tasks) evaluate_tasks ;;
+    install-tasks) install_tasks ;;
+    *) echo "usage: $0 vae|base|eval|eval-one|install|tasks|eval-tasks|install-tasks" >&2; exit 2 ;;
 esac
