@@ -24,12 +24,11 @@ declare -A FLAGS=(
 )
 
 run() {  # NAME: one run, resumable (same command again)
-    local name=$1 tokens=64
+    local name=$1
     [[ -v FLAGS[$name] ]] || { echo "unknown run $name: one of ${!FLAGS[*]}" >&2; exit 2; }
-    [[ ${FLAGS[$name]} == *--context-tokens* ]] && tokens=""
     mkdir -p "$R"
-    # shellcheck disable=SC2086  # FLAGS are words
-    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant self ${tokens:+--context-tokens $tokens} ${FLAGS[$name]} \
+    # shellcheck disable=SC2086  # FLAGS are words, after the defaults: a repeated flag's last value wins
+    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant self --context-tokens 64 ${FLAGS[$name]} \
         --data open:train --val-data open:heldout --sprites "$SPRITES" --vae checkpoints/vae-tiny-open \
         --steps 100000 --lr 5e-4 --warmup 50 --ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 6 \
         --mixed-precision no --log-every 10 --val-every 50 --checkpoint-every 50 --sample-every 100000 \

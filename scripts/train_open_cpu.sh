@@ -109,9 +109,9 @@ tasks() {
     done
 }
 
-evaluate_task() {  # ADAPTER BASE TAG: train/evaluation/tasks.py, on one core
-    OMP_NUM_THREADS=1 $PY -m train.evaluation.tasks --task "${3##*-}" --checkpoint "$1" --base "$2" --sequences 30 \
-        --ks 1 2 4 --steps 20 --out "$R/tasks-$3.json" > "$R/tasks-$3.log" 2>&1
+evaluate_task() {  # TASK ADAPTER BASE TAG: train/evaluation/tasks.py, on one core
+    OMP_NUM_THREADS=1 $PY -m train.evaluation.tasks --task "$1" --checkpoint "$2" --base "$3" --sequences 30 \
+        --ks 1 2 4 --steps 20 --out "$R/tasks-$4.json" > "$R/tasks-$4.log" 2>&1
 }
 
 evaluate_tasks() {  # the new adapter over the open-set base and the shipped one over its own base, side by side
@@ -120,8 +120,8 @@ evaluate_tasks() {  # the new adapter over the open-set base and the shipped one
         for v in self dino; do
             shipped_base=$($PY -c "import sys; from m2m.adapters import base_folder; print(base_folder(sys.argv[1]))" \
                 "checkpoints/m2m-$v-tiny-$task")
-            evaluate_task "$R/m2m-$v-tiny-$task/pipeline" "checkpoints/m2m-$v-tiny" "new-$v-$task" &
-            evaluate_task "checkpoints/m2m-$v-tiny-$task" "$shipped_base" "shipped-$v-$task" &
+            evaluate_task "$task" "$R/m2m-$v-tiny-$task/pipeline" "checkpoints/m2m-$v-tiny" "new-$v-$task" &
+            evaluate_task "$task" "checkpoints/m2m-$v-tiny-$task" "$shipped_base" "shipped-$v-$task" &
             wait_all || { echo "a task evaluation failed: $R/tasks-*-$v-$task.log" >&2; exit 1; }
         done
     done
