@@ -74,6 +74,40 @@ class ColourAutoencoderKL(AutoencoderKL, ModelMixin):  # ModelMixin named here: 
         return DecoderOutput(sample=deep + colour) if return_dict else (deep + colour,)
 
 
+@torch.no_grad()
+def widen_latents(vae: ColourAutoencoderKL, channels: int) -> ColourAutoencoderKL:
+    """The same autoencoder with more latent channels, whose round trip is at first exactly the old one.
+
+    Old weights are copied into place (the moments are (mean, logvar), so their old rows move apart);
+    every weight that *reads* a new channel starts at zero, and the encoder's rows that *write* the new
+    channels at random, so the gradient reaches both and training teaches the new channels what the old
+    ones could not carry.
+    """
+    old = vae.config.latent_channels
+    if not isinstance(vae, ColourAutoencoderKL):
+        raise TypeError(f"widen_latents takes a ColourAutoencoderKL, got {type(vae).__name__}")
+    if channels <= old:
+        raise ValueError(f"widening needs more than the {old} latent channels there are, got {channels}")
+    new = ColourAutoencoderKL.from_config({**vae.config, "latent_channels": channels}).to(vae.device, vae.dtype)
+    fresh = nn.Conv2d(2 * channels, channels, 1).to(vae.device, vae.dtype)  # the new deep means: not at zero
+    new.quant_conv.weight[old:channels], new.quant_conv.bias[old:channels] = fresh.weight[old:], fresh.bias[old:]
+    moments = [*range(old), *range(channels, channels + old)]  # where the old (mean, logvar) entries go
+
+    def placed(size: int, old_size: int) -> list[int]:  # where a dim's old entries go in the wider one
+        return list(range(old_size)) if size == old_size else moments if size == 2 * channels else [*range(old)]
+
+    weights = new.state_dict()
+    for name, weight in vae.state_dict().items():
+        target = weights[name]
+        if weight.dim() > 1 and target.shape[1] != weight.shape[1]:
+            target[:, old:] = 0  # reads the latents: the new inputs (and the moved logvars' old places) start at 0
+        index = [torch.tensor(placed(n, m)) for n, m in zip(target.shape[:2], weight.shape[:2], strict=False)]
+        if len(index) == 2:
+            index = [index[0][:, None], index[1]]  # rows x columns
+        target[tuple(index)] = weight
+    return new
+
+
 def load_autoencoder(folder: str, **kwargs) -> AutoencoderKL:
     """An autoencoder folder, as the class its config names (AutoencoderKL or ColourAutoencoderKL)."""
     config = AutoencoderKL.load_config(folder, **{k: v for k, v in kwargs.items() if k == "subfolder"})

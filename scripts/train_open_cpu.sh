@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The tiny checkpoints on open-ended sets (train/data/open_sets.py), on this CPU, in stages that resume:
 #   vae    ColourAutoencoderKL (m2m/autoencoder.py) on open sets, once;
+#   vae-full  the shipped colour autoencoder trained on at full resolution with a falling learning rate, twice
+#          side by side (one core each): as it is (4 latent channels) and widened to $WIDE_CHANNELS
+#          (m2m.autoencoder.widen_latents): $R/vae-full-4ch and $R/vae-full-${WIDE_CHANNELS}ch;
 #   base   M2M-Self (64 context tokens) and M2M-DINO side by side, one core each, for $MINUTES; run it
 #          again, in this session or the next, and both go on from their last checkpoint (same batches,
 #          same curve) until --steps;
@@ -23,6 +26,8 @@ PY=${PY:-.venv/bin/python}
 R=${R:-runs/open-cpu}
 MINUTES=${MINUTES:-60}     # wall-clock budget of each base run per call
 VAE_MINUTES=${VAE_MINUTES:-55}
+VAE_FULL_STEPS=${VAE_FULL_STEPS:-450}  # ~6 s a step of 32 images at 128x128 on one of 2 busy cores
+WIDE_CHANNELS=${WIDE_CHANNELS:-8}
 SELF_STEPS=${SELF_STEPS:-900}  # the cosine schedules: M2M-Self takes ~7 s a step on one of 2 busy cores,
 DINO_STEPS=${DINO_STEPS:-1200}  # M2M-DINO ~5 s (fp32: bf16 is emulated on an AVX2-only CPU, many times slower)
 VAE=${VAE:-checkpoints/vae-tiny-open}  # the shipped colour autoencoder; or "$R/vae-colour" from the vae stage
@@ -38,6 +43,12 @@ vae() {
     OMP_NUM_THREADS=2 $PY -m train.training.autoencoder --data open:train --eval-data open:heldout \
         --steps 2000 --warm-steps 1800 --batch-sets 8 --minutes "$VAE_MINUTES" --save-every 200 \
         --out "$R/vae-colour" > "$R/vae-colour.log" 2>&1
+}
+
+vae_full() {  # CHANNELS: one full-resolution run, on one core
+    OMP_NUM_THREADS=1 $PY -m train.training.autoencoder --init checkpoints/vae-tiny-open --latent-channels "$1" \
+        --data open:train --eval-data open:heldout --steps "$VAE_FULL_STEPS" --warm-steps 0 --lr 5e-4 --batch-sets 8 \
+        --minutes "$VAE_MINUTES" --save-every 50 --out "$R/vae-full-$1ch" > "$R/vae-full-$1ch.log" 2>&1
 }
 
 base() {
@@ -140,6 +151,7 @@ install_tasks() {
 
 case "${1:-}" in
     vae) vae ;;
+    vae-full) mkdir -p "$R"; vae_full 4 & vae_full "$WIDE_CHANNELS" & wait_all ;;
     base) base ;;
     eval) evaluate self; evaluate dino ;;
     eval-one) evaluate "${@:2}" ;;  # VARIANT [CHECKPOINT [TAG]]: one model, e.g. a snapshot of the learning curve
@@ -147,5 +159,5 @@ case "${1:-}" in
     tasks) tasks ;;
     eval-tasks) evaluate_tasks ;;
     install-tasks) install_tasks ;;
-    *) echo "usage: $0 vae|base|eval|eval-one|install|tasks|eval-tasks|install-tasks" >&2; exit 2 ;;
+    *) echo "usage: $0 vae|vae-full|base|eval|eval-one|install|tasks|eval-tasks|install-tasks" >&2; exit 2 ;;
 esac

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from m2m.autoencoder import ColourAutoencoderKL, load_autoencoder
+from m2m.autoencoder import ColourAutoencoderKL, load_autoencoder, widen_latents
 from m2m.pipeline import M2MPipeline
 from m2m.presets import TINY, build_autoencoder, build_pipeline
 from train.evaluation.check_autoencoder import check, images_of
@@ -41,6 +41,30 @@ def test_colour_path_gets_gradients_and_deep_paths_can_start_learning():
     F.mse_loss(round_trip(vae, x), torch.zeros_like(x)).backward()
     for conv in (vae.colour_in, vae.colour_out, vae.decoder.conv_out, vae.quant_conv):
         assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+def test_widened_latents_keep_the_round_trip_and_learn(tmp_path):
+    torch.manual_seed(0)
+    vae = ColourAutoencoderKL(**SMALL)
+    F.mse_loss(round_trip(vae, x := torch.rand(2, 3, 32, 32) * 2 - 1), x).backward()  # a trained-looking start:
+    with torch.no_grad():  # every weight moved off its init
+        for p in vae.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    wide = widen_latents(vae, 6)
+    assert wide.config.latent_channels == 6 and wide.encode(x).latent_dist.mean.shape[1] == 6
+    torch.testing.assert_close(round_trip(wide, x), round_trip(vae, x), atol=1e-5, rtol=0)
+    old, new = vae.encode(x).latent_dist, wide.encode(x).latent_dist
+    torch.testing.assert_close(new.mean[:, :4], old.mean)
+    torch.testing.assert_close(new.logvar[:, :4], old.logvar)
+    assert new.mean[:, 4:].abs().mean() > 1e-3  # the new channels carry something from the first step
+    F.mse_loss(round_trip(wide, x), torch.zeros_like(x)).backward()
+    assert wide.decoder.conv_in.weight.grad[:, 4:].abs().sum() > 0  # and the decoder starts reading them
+    wide.save_pretrained(tmp_path)
+    assert load_autoencoder(tmp_path).config.latent_channels == 6
+    with pytest.raises(ValueError, match="more than the 4 latent channels"):
+        widen_latents(vae, 4)
+    with pytest.raises(TypeError, match="ColourAutoencoderKL"):
+        widen_latents(AutoencoderKL(**SMALL), 6)
 
 
 def test_saved_folder_loads_as_the_class_it_was_saved_as(tmp_path):

@@ -284,6 +284,13 @@ def test_train_autoencoder_runs_and_saves_a_loadable_vae(tmp_path):
     assert all(torch.equal(before_sd[n], after_sd[n]) for n in before_sd if n.startswith(("encoder.", "quant_conv.")))
     assert not all(torch.equal(before_sd[n], after_sd[n]) for n in before_sd if n.startswith("decoder."))
 
+    wide = tmp_path / "wide"  # the same autoencoder, widened to 8 latent channels, trained on
+    metrics = autoencoder.main(["--out", str(wide), "--init", str(out), "--latent-channels", "8", "--steps", "1",
+                                "--warm-steps", "1", "--batch-sets", "1", "--eval-sets", "1"])  # fmt: skip
+    assert np.isfinite(metrics["psnr"]) and AutoencoderKL.load_config(wide)["latent_channels"] == 8
+    with pytest.raises(ValueError, match="--decoder-only keeps"):
+        autoencoder.main(["--out", str(wide), "--init", str(out), "--latent-channels", "8", "--decoder-only"])
+
 
 def test_ordered_sources_give_windows_in_order_and_real_folders_load(tmp_path):
     from train.data import procedures

@@ -220,3 +220,21 @@ def test_precision_bench_times_both_and_counts_flops():
     gflop = float(out.split(" GFLOP per training image")[0].split()[-1])
     ratio = float(out.strip().splitlines()[-1].split()[-1])
     assert gflop > 1 and ratio > 0  # the tiny UNet's step is GFLOPs per image; both precisions ran
+
+
+def test_a_new_model_denoises_the_latents_of_the_autoencoder_it_is_given(tmp_path):
+    """--vae with 6 latent channels: the tiny UNet is built for 6 in and out, trains, and the export generates."""
+    from m2m.autoencoder import ColourAutoencoderKL
+    from m2m.presets import TINY
+
+    vae = ColourAutoencoderKL(**{**TINY.vae, "latent_channels": 6, "sample_size": 32, "block_out_channels": (8, 8),
+                                 "down_block_types": ("DownEncoderBlock2D",) * 2,
+                                 "up_block_types": ("UpDecoderBlock2D",) * 2})  # fmt: skip
+    vae.save_pretrained(tmp_path / "vae")  # 32x32 images, 16x16 latents: the tiny UNet's size
+    out = tmp_path / "run"
+    train(parse_args(["--variant", "self", "--vae", str(tmp_path / "vae"), "--out", str(out), "--steps", "2",
+                      "--batch-sets", "1", "--min-k", "2", "--max-k", "2", "--workers", "0", "--val-every", "100",
+                      "--checkpoint-every", "100", "--sample-every", "100", "--mixed-precision", "no"]))  # fmt: skip
+    pipe = load_pipeline(out / "pipeline")
+    assert pipe.unet.config.in_channels == pipe.unet.config.out_channels == 6
+    assert pipe(num_images=1, num_inference_steps=2).images[0].size == (32, 32)

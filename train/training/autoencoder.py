@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
     sys.path[0] = str(Path(__file__).resolve().parents[2])
-from m2m.autoencoder import load_autoencoder
+from m2m.autoencoder import load_autoencoder, widen_latents
 from m2m.presets import build_autoencoder, get_preset
 from m2m.sets import atomic_folder
 from train.data.loader import make_loader
@@ -131,6 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="synth:train", help="comma-separated sources, one batch from each in turn")
     p.add_argument("--init", default=None, help="a trained AutoencoderKL folder to go on from")
+    p.add_argument("--latent-channels", type=int, help="new: default the preset's; with --init: widen to this many")
     p.add_argument("--decoder-only", action="store_true", help="freeze the encoder: the latent space stays")
     p.add_argument("--eval-data", default=None, help="held-out sources (default: each source's held-out split)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast there)")
@@ -144,7 +145,14 @@ def build(
     """The autoencoder (new or from --init), its optimiser and its warm-up-and-cosine schedule."""
     torch.manual_seed(args.seed)
     preset = get_preset(args.preset)
-    vae = (load_autoencoder(args.init) if args.init else build_autoencoder(preset)).train()
+    if args.latent_channels and not args.init:
+        preset = preset.replace(vae={**preset.vae, "latent_channels": args.latent_channels})
+    vae = load_autoencoder(args.init) if args.init else build_autoencoder(preset)
+    if args.init and args.latent_channels not in (None, vae.config.latent_channels):
+        if args.decoder_only:
+            raise ValueError("--latent-channels changes the encoder, which --decoder-only keeps")
+        vae = widen_latents(vae, args.latent_channels)
+    vae.train()
     vae.to(args.device)
     if args.decoder_only:
         vae.encoder.requires_grad_(False)

@@ -175,10 +175,14 @@ def build_start(cfg: TrainConfig) -> M2MPipeline:
         preset = preset.replace(max_context_tokens=cfg.context_tokens)
     if preset.hub_id is not None:
         return from_hub(preset, cfg.variant)
-    pipe = build_pipeline(preset, cfg.variant, seed=cfg.seed)
     if cfg.vae is None and cfg.steps > 10:
         raise ValueError("the tiny preset trains on a fitted autoencoder: pass --vae (train/training/autoencoder.py)")
-    vae = load_autoencoder(cfg.vae, torch_dtype=torch.float32) if cfg.vae else pipe.vae
+    vae = load_autoencoder(cfg.vae, torch_dtype=torch.float32) if cfg.vae else None
+    if vae is not None:  # the UNet denoises that autoencoder's latents, however many channels they have
+        c = vae.config.latent_channels
+        preset = preset.replace(unet={**preset.unet, "in_channels": c, "out_channels": c})
+    pipe = build_pipeline(preset, cfg.variant, seed=cfg.seed)
+    vae = vae if vae is not None else pipe.vae
     encoder = pipe.image_encoder
     if encoder is not None and cfg.image_encoder is not None:  # M2M-DINO; also the fp16 one of a shipped checkpoint
         encoder = Dinov2Model.from_pretrained(cfg.image_encoder, dtype=torch.float32)
