@@ -7,6 +7,9 @@
 #   base   M2M-Self (64 context tokens) and M2M-DINO side by side, one core each, for $MINUTES; run it
 #          again, in this session or the next, and both go on from their last checkpoint (same batches,
 #          same curve) until --steps;
+#   more   both shipped models (checkpoints/m2m-{self,dino}-tiny) trained on, on sets they have not seen
+#          (--seed $MORE_SEED), side by side, for $MINUTES: another cosine of $MORE_SELF_STEPS / $MORE_DINO_STEPS
+#          steps from $MORE_LR; use its own R (R=runs/open-cpu-more), so that eval and install read it;
 #   eval   the label-free set metrics of both (train/evaluation/evaluate.py): c = 4 on open:heldout and
 #          open:hard (32 sets), c = 3 on the photos (8 sets);
 #   install  both into checkpoints/m2m-{self,dino}-tiny, run by hand once they score better (docs/open-sets.md).
@@ -34,6 +37,10 @@ VAE=${VAE:-checkpoints/vae-tiny-open}  # the shipped colour autoencoder; or "$R/
 DINO=${DINO:-checkpoints/m2m-dino-tiny/image_encoder}  # the shipped tiny DINOv2 (MIS-synth); or one pretrained on
                                                        # open sets: python -m train.training.encoder --data open:train
 SPRITES=${SPRITES:-data/sprites.npz}
+MORE_SELF_STEPS=${MORE_SELF_STEPS:-600}
+MORE_DINO_STEPS=${MORE_DINO_STEPS:-800}
+MORE_LR=${MORE_LR:-2e-4}
+MORE_SEED=${MORE_SEED:-1}  # the shipped runs drew their sets with seed 0
 TASK_MINUTES=${TASK_MINUTES:-15}
 NVS_OBJECTS=${NVS_OBJECTS:-600}
 
@@ -61,6 +68,19 @@ base() {
         "${args[@]}" >> "$R/m2m-self-tiny.log" 2>&1 &
     OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant dino --image-encoder "$DINO" --steps "$DINO_STEPS" --out "$R/m2m-dino-tiny" \
         "${args[@]}" >> "$R/m2m-dino-tiny.log" 2>&1 &
+    wait_all
+}
+
+more() {
+    mkdir -p "$R"
+    local args=(--data open:train --val-data open:heldout --sprites "$SPRITES" --lr "$MORE_LR" --warmup 30
+                --ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 6 --mixed-precision no --seed "$MORE_SEED"
+                --log-every 10 --val-every 100 --checkpoint-every 50 --sample-every 100000 --max-minutes "$MINUTES"
+                --export-fp16)
+    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant self --init checkpoints/m2m-self-tiny --steps "$MORE_SELF_STEPS" \
+        --out "$R/m2m-self-tiny" "${args[@]}" >> "$R/m2m-self-tiny.log" 2>&1 &
+    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant dino --init checkpoints/m2m-dino-tiny --steps "$MORE_DINO_STEPS" \
+        --out "$R/m2m-dino-tiny" "${args[@]}" >> "$R/m2m-dino-tiny.log" 2>&1 &
     wait_all
 }
 
@@ -153,11 +173,12 @@ case "${1:-}" in
     vae) vae ;;
     vae-full) mkdir -p "$R"; vae_full 4 & vae_full "$WIDE_CHANNELS" & wait_all ;;
     base) base ;;
+    more) more ;;
     eval) evaluate self; evaluate dino ;;
     eval-one) evaluate "${@:2}" ;;  # VARIANT [CHECKPOINT [TAG]]: one model, e.g. a snapshot of the learning curve
     install) install ;;
     tasks) tasks ;;
     eval-tasks) evaluate_tasks ;;
     install-tasks) install_tasks ;;
-    *) echo "usage: $0 vae|vae-full|base|eval|eval-one|install|tasks|eval-tasks|install-tasks" >&2; exit 2 ;;
+    *) echo "usage: $0 vae|vae-full|base|more|eval|eval-one|install|tasks|eval-tasks|install-tasks" >&2; exit 2 ;;
 esac

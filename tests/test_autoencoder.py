@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from m2m.autoencoder import ColourAutoencoderKL, load_autoencoder, widen_latents
+from m2m.images import to_tensor
 from m2m.pipeline import M2MPipeline
 from m2m.presets import TINY, build_autoencoder, build_pipeline
-from train.evaluation.check_autoencoder import check, images_of
+from train.evaluation.check_autoencoder import as_jpeg, check, images_of
 from train.evaluation.set_metrics import SetMetrics
 
 OPEN_VAE = Path("checkpoints/vae-tiny-open")
@@ -98,6 +99,12 @@ def test_shipped_open_set_autoencoder_keeps_the_colour_that_the_mis_synth_one_lo
     assert new["colour_retrieval_round_trip"] >= 0.6 > 0.3 >= old["colour_retrieval_round_trip"]
     assert new["psnr"] > old["psnr"] + 6
     assert new["shape_retrieval_truth"] >= 0.9 and new["shape_retrieval_round_trip"] > old["shape_retrieval_round_trip"]
+
+
+def test_jpeg_reference_is_a_small_change_that_still_changes_the_pixels():
+    image = images_of("open:heldout", 1, 1)[0][0]
+    x, y = (to_tensor([img]) for img in (image, as_jpeg(image, 95)))
+    assert y.shape == x.shape and 0 < (x - y).abs().mean() < 0.02  # under 1 % of the range, on average
 
 
 def test_a_source_without_sets_that_long_is_a_clear_error():

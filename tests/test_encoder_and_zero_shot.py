@@ -5,7 +5,7 @@ import json
 import numpy as np
 import torch
 from PIL import Image
-from transformers import Dinov2Model
+from transformers import Dinov2Config, Dinov2Model
 
 from m2m.sampling import SamplingParams
 from train.evaluation import zero_shot
@@ -82,3 +82,21 @@ def test_zero_shot_and_contact_sheet_scripts_run_on_a_checkpoint(micro, tmp_path
     synth, open_sets = (np.asarray(Image.open(sheet)) for sheet in sheets)
     assert synth.shape[0] == 2 * 128 + 4  # two rows
     assert synth.shape == open_sets.shape and (synth != open_sets).any()  # --data picked the sets
+
+
+def test_grey_probe_sees_lightness_not_colour_and_open_sets_report_it():
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    lum = torch.tensor(encoder.LUMINANCE)
+    hue = torch.linalg.cross(lum, torch.tensor([1.0, 0, 0]))  # a colour change that keeps the luminance
+    shifted = x + 0.2 * hue[None, :, None, None]
+    torch.testing.assert_close(encoder.grey(shifted), encoder.grey(x))
+    assert torch.equal(encoder.grey(x)[:, 0], encoder.grey(x)[:, 2])
+    assert not torch.allclose(encoder.grey(x * 0.5), encoder.grey(x))  # lightness still shows
+
+    from m2m.presets import TINY
+
+    backbone = Dinov2Model(Dinov2Config(**{**TINY.image_encoder, "num_hidden_layers": 1}))
+    bank, queries = encoder.probe_sets("open:train", 4, 64, 0)
+    metrics = encoder.evaluate(backbone, bank, queries, 64)
+    assert set(metrics) == {"set_retrieval", "set_retrieval_grey", "set_retrieval_seen", "set_retrieval_grey_seen"}
+    assert all(0 <= v <= 1 for v in metrics.values())

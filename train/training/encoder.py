@@ -91,6 +91,9 @@ def dino_loss(student: list[Tensor], teacher: list[Tensor], center: Tensor, t_st
     return sum(losses) / len(losses)
 
 
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601
+
+
 @torch.no_grad()
 def features(backbone: Dinov2Model, pixels: Tensor, size: int) -> Tensor:
     backbone.eval()
@@ -127,12 +130,21 @@ def set_retrieval(feats: Tensor, sets: Tensor) -> float:
     return float((sets[sim.argmax(1)] == sets).float().mean())
 
 
+def grey(pixels: Tensor) -> Tensor:
+    """Images (N, 3, H, W) -> their luminance in all three channels: the colour-free view of a probe."""
+    return torch.einsum("c,nchw->nhw", pixels.new_tensor(LUMINANCE), pixels)[:, None].expand(-1, 3, -1, -1)
+
+
 def evaluate(backbone: Dinov2Model, bank, queries: dict, size: int) -> dict[str, float]:
     """k-NN accuracy of content and style for each query set (held-out combinations, and seen ones);
-    for unlabelled (open) sets, own-set retrieval of each query image among the other query images."""
+    for unlabelled (open) sets, own-set retrieval of each query image among the other query images, in
+    colour and in grey: colour alone finds an open set (a random network scores 0.9 on it), so the grey
+    view is the probe of what the encoder learnt (docs/open-sets.md §7)."""
     if bool((bank[1] == bank[2]).all()):
         return {
-            f"set_retrieval{name}": set_retrieval(features(backbone, q[0], size), q[1]) for name, q in queries.items()
+            f"set_retrieval{view}{name}": set_retrieval(features(backbone, see(q[0]), size), q[1])
+            for name, q in queries.items()
+            for view, see in (("", lambda x: x), ("_grey", grey))
         }
     fb = features(backbone, bank[0], size)
     out = {}
