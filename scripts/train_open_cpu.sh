@@ -7,7 +7,7 @@
 #   base   M2M-Self (64 context tokens) and M2M-DINO side by side, one core each, for $MINUTES; run it
 #          again, in this session or the next, and both go on from their last checkpoint (same batches,
 #          same curve) until --steps;
-#   more   both shipped models (checkpoints/m2m-{self,dino}-tiny) trained on, on sets they have not seen
+#   more [VARIANT...]  both shipped models (or those named) (checkpoints/m2m-{self,dino}-tiny) trained on, on sets they have not seen
 #          (--seed $MORE_SEED), side by side, for $MINUTES: another cosine of $MORE_SELF_STEPS / $MORE_DINO_STEPS
 #          steps from $MORE_LR; use its own R (R=runs/open-cpu-more), so that eval and install read it;
 #   eval   the label-free set metrics of both (train/evaluation/evaluate.py): c = 4 on open:heldout and
@@ -71,16 +71,19 @@ base() {
     wait_all
 }
 
-more() {
+more() {  # [VARIANT...]: both by default
     mkdir -p "$R"
-    local args=(--data open:train --val-data open:heldout --sprites "$SPRITES" --lr "$MORE_LR" --warmup 30
-                --ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 6 --mixed-precision no --seed "$MORE_SEED"
-                --log-every 10 --val-every 100 --checkpoint-every 50 --sample-every 100000 --max-minutes "$MINUTES"
-                --export-fp16)
-    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant self --init checkpoints/m2m-self-tiny --steps "$MORE_SELF_STEPS" \
-        --out "$R/m2m-self-tiny" "${args[@]}" >> "$R/m2m-self-tiny.log" 2>&1 &
-    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant dino --init checkpoints/m2m-dino-tiny --steps "$MORE_DINO_STEPS" \
-        --out "$R/m2m-dino-tiny" "${args[@]}" >> "$R/m2m-dino-tiny.log" 2>&1 &
+    local v steps args=(--data open:train --val-data open:heldout --sprites "$SPRITES" --lr "$MORE_LR" --warmup 30
+                        --ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 6 --mixed-precision no --seed "$MORE_SEED"
+                        --log-every 10 --val-every 100 --checkpoint-every 50 --sample-every 100000
+                        --max-minutes "$MINUTES" --export-fp16)
+    local variants=("$@")
+    [ $# -gt 0 ] || variants=(self dino)
+    for v in "${variants[@]}"; do
+        case $v in self) steps=$MORE_SELF_STEPS ;; dino) steps=$MORE_DINO_STEPS ;; *) echo "no variant $v" >&2; exit 2 ;; esac
+        OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant "$v" --init "checkpoints/m2m-$v-tiny" --steps "$steps" \
+            --out "$R/m2m-$v-tiny" "${args[@]}" >> "$R/m2m-$v-tiny.log" 2>&1 &
+    done
     wait_all
 }
 
@@ -173,7 +176,7 @@ case "${1:-}" in
     vae) vae ;;
     vae-full) mkdir -p "$R"; vae_full 4 & vae_full "$WIDE_CHANNELS" & wait_all ;;
     base) base ;;
-    more) more ;;
+    more) more "${@:2}" ;;
     eval) evaluate self; evaluate dino ;;
     eval-one) evaluate "${@:2}" ;;  # VARIANT [CHECKPOINT [TAG]]: one model, e.g. a snapshot of the learning curve
     install) install ;;

@@ -11,8 +11,8 @@ from m2m.autoencoder import ColourAutoencoderKL, load_autoencoder, widen_latents
 from m2m.images import to_tensor
 from m2m.pipeline import M2MPipeline
 from m2m.presets import TINY, build_autoencoder, build_pipeline
-from train.evaluation.check_autoencoder import as_jpeg, check, images_of
-from train.evaluation.set_metrics import SetMetrics
+from train.evaluation.check_autoencoder import check, images_of
+from train.evaluation.set_metrics import SetMetrics, as_jpeg
 
 OPEN_VAE = Path("checkpoints/vae-tiny-open")
 MIS_SYNTH = Path("checkpoints/mis-synth/m2m-self-tiny")  # the MIS-synth base, once open-set bases are installed

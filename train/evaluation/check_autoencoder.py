@@ -13,21 +13,19 @@ JPEG at quality 95, a change no one sees, are scored too: the metrics' own noise
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
-from PIL import Image
 
 if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.autoencoder import load_autoencoder
 from m2m.images import to_model_size, to_pil, to_tensor
 from train.evaluation.evaluate import load_sets
-from train.evaluation.set_metrics import DEFAULT_EMBEDDER, SetMetrics
+from train.evaluation.set_metrics import DEFAULT_EMBEDDER, SetMetrics, as_jpeg
 
 
 @torch.no_grad()
@@ -50,13 +48,6 @@ def check(vae: AutoencoderKL, sets: list[list], context: int, metrics: SetMetric
         "sets": len(sets),
         "group": metrics.group,
     }  # fmt: skip
-
-
-def as_jpeg(image: Image.Image, quality: int) -> Image.Image:
-    """The image saved as a JPEG of this quality and read back."""
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality)
-    return Image.open(buffer).convert("RGB")
 
 
 def images_of(source: str, n_sets: int, length: int) -> list[list]:
