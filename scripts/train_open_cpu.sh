@@ -12,7 +12,7 @@
 #          steps from $MORE_LR; use its own R (R=runs/open-cpu-more), so that eval and install read it;
 #   eval   the label-free set metrics of both (train/evaluation/evaluate.py): c = 4 on open:heldout and
 #          open:hard (32 sets), c = 3 on the photos (8 sets);
-#   install  both into checkpoints/m2m-{self,dino}-tiny, run by hand once they score better (docs/open-sets.md).
+#   install [VARIANT...]  both (or those named) into checkpoints/m2m-{self,dino}-tiny, run by hand once they score better (docs/open-sets.md).
 #          The task adapters are LoRA deltas on the weights they were trained over: until they are
 #          retrained on the new bases, those MIS-synth bases move to checkpoints/mis-synth/ and the
 #          adapters are pointed at them there.
@@ -99,13 +99,14 @@ evaluate() {  # VARIANT [CHECKPOINT [TAG]]
     done
 }
 
-install() {
-    local v task
-    for v in self dino; do
+install() {  # [VARIANT...]: both by default
+    local v task variants=("$@")
+    [ $# -gt 0 ] || variants=(self dino)
+    for v in "${variants[@]}"; do
         [ -f "$R/m2m-$v-tiny/pipeline/model_index.json" ] || { echo "no trained $R/m2m-$v-tiny/pipeline" >&2; exit 1; }
     done
     mkdir -p checkpoints/mis-synth
-    for v in self dino; do
+    for v in "${variants[@]}"; do
         [ -d "checkpoints/mis-synth/m2m-$v-tiny" ] || mv "checkpoints/m2m-$v-tiny" "checkpoints/mis-synth/m2m-$v-tiny"
         for task in nvs procedure; do  # again on every call: a rebase is idempotent
             $PY -c "import sys; from m2m.adapters import rebase; rebase(*sys.argv[1:])" \
@@ -179,7 +180,7 @@ case "${1:-}" in
     more) more "${@:2}" ;;
     eval) evaluate self; evaluate dino ;;
     eval-one) evaluate "${@:2}" ;;  # VARIANT [CHECKPOINT [TAG]]: one model, e.g. a snapshot of the learning curve
-    install) install ;;
+    install) install "${@:2}" ;;
     tasks) tasks ;;
     eval-tasks) evaluate_tasks ;;
     install-tasks) install_tasks ;;
