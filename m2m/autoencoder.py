@@ -80,8 +80,8 @@ def widen_latents(vae: ColourAutoencoderKL, channels: int) -> ColourAutoencoderK
 
     Old weights are copied into place (the moments are (mean, logvar), so their old rows move apart);
     every weight that *reads* a new channel starts at zero, and the encoder's rows that *write* the new
-    channels at random, so the gradient reaches both and training teaches the new channels what the old
-    ones could not carry.
+    channels at random: the readers learn from the first step and the writers from the second, and
+    training teaches the new channels what the old ones could not carry.
     """
     old = vae.config.latent_channels
     if not isinstance(vae, ColourAutoencoderKL):

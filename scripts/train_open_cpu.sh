@@ -58,6 +58,14 @@ vae_full() {  # CHANNELS: one full-resolution run, on one core
         --minutes "$VAE_MINUTES" --save-every 50 --out "$R/vae-full-$1ch" > "$R/vae-full-$1ch.log" 2>&1
 }
 
+vae_full_both() {
+    [ "$WIDE_CHANNELS" -gt 4 ] || { echo "WIDE_CHANNELS must be more than the 4 latent channels there are" >&2; exit 2; }
+    mkdir -p "$R"
+    [ -f "$SPRITES" ] || $PY -m train.data.sprites --out "$SPRITES"
+    vae_full 4 & vae_full "$WIDE_CHANNELS" &
+    wait_all
+}
+
 base() {
     [ -d "$DINO" ] || OMP_NUM_THREADS=2 $PY -m train.training.encoder --data open:train --out "$DINO"
     local args=(--data open:train --val-data open:heldout --sprites "$SPRITES" --vae "$VAE"
@@ -79,8 +87,13 @@ more() {  # [VARIANT...]: both by default
                         --max-minutes "$MINUTES" --export-fp16)
     local variants=("$@")
     [ $# -gt 0 ] || variants=(self dino)
+    [ "$R" != runs/open-cpu ] || { echo "more trains into an R of its own (R=runs/open-cpu-more): $R holds the base runs, which it would resume" >&2; exit 2; }
     for v in "${variants[@]}"; do
-        case $v in self) steps=$MORE_SELF_STEPS ;; dino) steps=$MORE_DINO_STEPS ;; *) echo "no variant $v" >&2; exit 2 ;; esac
+        case $v in self | dino) ;; *) echo "no variant $v: self or dino" >&2; exit 2 ;; esac
+    done
+    for v in "${variants[@]}"; do
+        steps=$MORE_SELF_STEPS
+        [ "$v" = self ] || steps=$MORE_DINO_STEPS
         OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant "$v" --init "checkpoints/m2m-$v-tiny" --steps "$steps" \
             --out "$R/m2m-$v-tiny" "${args[@]}" >> "$R/m2m-$v-tiny.log" 2>&1 &
     done
@@ -175,7 +188,7 @@ install_tasks() {
 
 case "${1:-}" in
     vae) vae ;;
-    vae-full) mkdir -p "$R"; vae_full 4 & vae_full "$WIDE_CHANNELS" & wait_all ;;
+    vae-full) vae_full_both ;;
     base) base ;;
     more) more "${@:2}" ;;
     eval) evaluate self; evaluate dino ;;
