@@ -9,6 +9,7 @@ from transformers import Dinov2Config, Dinov2Model
 
 from m2m.sampling import SamplingParams
 from train.evaluation import zero_shot
+from train.evaluation.set_embedder import LUMA
 from train.training import encoder
 
 
@@ -86,7 +87,7 @@ def test_zero_shot_and_contact_sheet_scripts_run_on_a_checkpoint(micro, tmp_path
 
 def test_grey_probe_sees_lightness_not_colour_and_open_sets_report_it():
     x = torch.rand(2, 3, 8, 8) * 2 - 1
-    lum = torch.tensor(encoder.LUMINANCE)
+    lum = torch.tensor(LUMA)
     hue = torch.linalg.cross(lum, torch.tensor([1.0, 0, 0]))  # a colour change that keeps the luminance
     shifted = x + 0.2 * hue[None, :, None, None]
     torch.testing.assert_close(encoder.grey(shifted), encoder.grey(x))

@@ -37,6 +37,7 @@ from m2m.presets import get_preset
 from m2m.sets import atomic_folder
 from train.data.loader import make_loader
 from train.data.open_sets import OpenBatches
+from train.evaluation.set_embedder import LUMA
 
 
 class DinoHead(nn.Module):
@@ -91,9 +92,6 @@ def dino_loss(student: list[Tensor], teacher: list[Tensor], center: Tensor, t_st
     return sum(losses) / len(losses)
 
 
-LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601
-
-
 @torch.no_grad()
 def features(backbone: Dinov2Model, pixels: Tensor, size: int) -> Tensor:
     backbone.eval()
@@ -132,7 +130,7 @@ def set_retrieval(feats: Tensor, sets: Tensor) -> float:
 
 def grey(pixels: Tensor) -> Tensor:
     """Images (N, 3, H, W) -> their luminance in all three channels: the colour-free view of a probe."""
-    return torch.einsum("c,nchw->nhw", pixels.new_tensor(LUMINANCE), pixels)[:, None].expand(-1, 3, -1, -1)
+    return torch.einsum("c,nchw->nhw", pixels.new_tensor(LUMA), pixels)[:, None].expand(-1, 3, -1, -1)
 
 
 def evaluate(backbone: Dinov2Model, bank, queries: dict, size: int) -> dict[str, float]:

@@ -10,11 +10,11 @@ rendering and background pattern are left.
 Each view is also degraded at random (`--degrade`, the share of views): blurred, shrunk and grown
 back, or noised, each independently of the other view of its set. Without it, the embedder leant on
 pixel-exact texture: the true images saved as JPEG at quality 95 were retrieved 0.89 of the time on
-`open:heldout` and 0.77 on `open:hard`, against 0.99 and 1.00 untouched (docs/open-sets.md §2), so it
+`open:heldout` and 0.77 on `open:hard`, against 0.99 and 1.00 untouched (docs/open-sets.md §7), so it
 scored an autoencoder's or a generator's slight blur as a change of set.
 
     python -m train.training.set_embedder --out checkpoints/set-embedder --steps 3000 --device cuda
-    # the shipped one made robust to blur and noise, on a CPU (docs/open-sets.md §2)
+    # the shipped one made robust to blur and noise, on a CPU (docs/open-sets.md §7)
     python -m train.training.set_embedder --init checkpoints/set-embedder --steps 150 --lr 5e-4 --out runs/set-embedder
 """
 
