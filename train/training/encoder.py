@@ -137,7 +137,7 @@ def evaluate(backbone: Dinov2Model, bank, queries: dict, size: int) -> dict[str,
     """k-NN accuracy of content and style for each query set (held-out combinations, and seen ones);
     for unlabelled (open) sets, own-set retrieval of each query image among the other query images, in
     colour and in grey: colour alone finds an open set (a random network scores 0.9 on it), so the grey
-    view is the probe of what the encoder learnt (docs/open-sets.md §8)."""
+    view is the probe of what the encoder learnt (docs/open-sets.md §9)."""
     if bool((bank[1] == bank[2]).all()):
         return {
             f"set_retrieval{view}{name}": set_retrieval(features(backbone, see(q[0]), size), q[1])
