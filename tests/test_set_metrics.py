@@ -64,6 +64,10 @@ def test_recoloured_keeps_lightness_and_turns_chroma():
     assert torch.allclose(recoloured(x), x, atol=1e-5)
     assert torch.allclose(recoloured(x, degrees=360), x, atol=1e-5)
     assert torch.allclose(recoloured(x, degrees=120).mean(1), x.mean(1), atol=1e-5)  # lightness kept
+    assert torch.allclose(recoloured(x, degrees=120), x.roll(1, dims=1), atol=1e-5)  # a third of a turn: R -> G -> B
+    small = x * 0.4  # doubled chroma stays inside [-1, 1]
+    chroma = small - small.mean(1, keepdim=True)
+    assert torch.allclose(recoloured(small, saturation=2.0), small + chroma, atol=1e-5)
     grey = recoloured(x, saturation=0.0)
     assert torch.allclose(grey, x.mean(1, keepdim=True).expand_as(x), atol=1e-5)
 

@@ -25,7 +25,7 @@ from train.evaluation.set_embedder import SetEmbedder
 
 BINS = 32  # per opponent axis: 1,024 chroma bins. 16 left near-grey sets in one or two bins, so the truth
 # scored 0.969 and its JPEG q95 copy 0.949 on open:heldout; 32 gives 0.992 / 0.984 and is stricter on every
-# change anyone sees (hue +15 or +30 degrees, saturation halved or doubled): docs/open-sets.md section 2
+# change anyone sees (hue +15 or +30 degrees, saturation halved or doubled): docs/open-sets.md section 8
 DEFAULT_EMBEDDER = Path("checkpoints/set-embedder")
 OPPONENT = COLOUR_BASIS[1:]  # red-green and yellow-blue: orthogonal to grey, so adding lightness moves neither
 
@@ -34,7 +34,7 @@ def colour_histograms(pixels: Tensor, bins: int = BINS) -> Tensor:
     """Images (N, 3, H, W) in [-1, 1] -> unit-norm square roots of their chroma histograms (N, bins²).
 
     Chroma is the colour without its lightness: the two opponent coordinates (red-green, yellow-blue)
-    of each pixel. A grey image puts all its mass in the centre bin whatever its lightness, so grey
+    of each pixel. A grey image puts all its mass in the central bins whatever its lightness, so grey
     outputs score at chance; a joint RGB histogram gave them half the truth's score, by matching the
     context's lightness. Soft (bilinear) binning: a colour that moves a little moves its mass a little.
     """
@@ -54,7 +54,8 @@ def colour_histograms(pixels: Tensor, bins: int = BINS) -> Tensor:
 
 def recoloured(pixels: Tensor, degrees: float = 0.0, saturation: float = 1.0) -> Tensor:
     """Images (..., 3, H, W) in [-1, 1] with their chroma turned by `degrees` and scaled by `saturation`,
-    their lightness kept: a change of colour anyone sees, which the colour metric must catch."""
+    their lightness kept (up to the clamp to [-1, 1]): a change of colour anyone sees, which the colour
+    metric must catch."""
     basis, turn = torch.tensor(COLOUR_BASIS), torch.tensor(degrees).deg2rad()
     c, s = float(turn.cos()), float(turn.sin())
     change = torch.tensor([[1.0, 0, 0], [0, c, -s], [0, s, c]]) * torch.tensor([1.0, saturation, saturation])[:, None]
