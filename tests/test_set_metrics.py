@@ -27,8 +27,12 @@ GROUP = 16
 @pytest.fixture(scope="module")
 def open_sets() -> tuple[list[list], list[list]]:
     """32 held-out open sets: 3 context images and the 2 true next ones of each."""
-    x = OpenSets("heldout", seed=5).batch(list(range(2 * GROUP)), 5)
-    sets = [to_pil(s) for s in x]
+    return split_sets("heldout")
+
+
+def split_sets(split: str) -> tuple[list[list], list[list]]:
+    """32 open sets of `split`: 3 context images and the 2 true next ones of each."""
+    sets = [to_pil(s) for s in OpenSets(split, seed=5).batch(list(range(2 * GROUP)), 5)]
     return [s[:3] for s in sets], [s[3:] for s in sets]
 
 
@@ -76,8 +80,7 @@ def test_recoloured_keeps_lightness_and_turns_chroma():
 def test_colour_retrieval_ignores_a_change_no_one_sees_and_catches_one_anyone_sees(split):
     """JPEG q95 keeps the truth's score; a hue turned by 30 degrees or a halved saturation loses most of it.
     (With 16 bins per axis the truth and its JPEG copy scored 0.94 on open:hard here.)"""
-    sets = [to_pil(s) for s in OpenSets(split, seed=5).batch(list(range(2 * GROUP)), 5)]
-    contexts, truth = [s[:3] for s in sets], [s[3:] for s in sets]
+    contexts, truth = split_sets(split)
     metrics = SetMetrics(SetEmbedder(), GROUP)
     assert metrics(contexts, truth)["colour_retrieval"] >= 0.95
     assert metrics(contexts, [[as_jpeg(img, 95) for img in row] for row in truth])["colour_retrieval"] >= 0.95
@@ -108,8 +111,7 @@ def test_shipped_embedder_retrieves_the_truth_and_not_other_sets(open_sets):
 def test_shipped_embedder_is_not_fooled_by_a_change_of_detail(split):
     """The truth saved as JPEG q95, or through a 4x coarser grid, is still its own set's: the embedder judges
     shape, not pixel-exact texture (the H200 one gave 0.67 and 0.52 on open:hard here, 0.95 untouched)."""
-    sets = [to_pil(s) for s in OpenSets(split, seed=5).batch(list(range(2 * GROUP)), 5)]
-    contexts, truth = [s[:3] for s in sets], [s[3:] for s in sets]
+    contexts, truth = split_sets(split)
     metrics = SetMetrics.load(DEFAULT_EMBEDDER, GROUP)
     jpeg = [[as_jpeg(img, 95) for img in row] for row in truth]
     coarse = [[img.resize((32, 32), Image.BOX).resize(img.size, Image.BILINEAR) for img in row] for row in truth]
