@@ -4,6 +4,7 @@
 (b) self      M2M-Self, context cache: each context image encoded once
 (c) self-nc   M2M-Self, context recomputed at every denoising step (the paper's way)
 (d) dino      M2M-DINO, context cache
+(e) self-ref  M2M-Self with reference attention to the most recent context images, context cache
 
 A generated image's time covers its denoising loop and VAE decode and, for the cached modes,
 adding it to the cache (VAE encode + context pass) so that the set can go on. Encoding the given
@@ -37,7 +38,7 @@ from m2m.pipeline import M2MPipeline
 from m2m.presets import Preset, build_pipeline, get_preset
 from m2m.sampling import SamplingParams, make_scheduler
 
-MODES = ("plain", "self", "self-nc", "dino")
+MODES = ("plain", "self", "self-nc", "dino", "self-ref")
 TEXT_TOKENS = 77
 
 
@@ -50,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--reference-images", type=int, default=2, help="self-ref: the images reference attention reads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--json", default=None, help="also write the results here")
@@ -96,6 +98,8 @@ def build(preset: Preset, args, dtype) -> dict[str, object]:
     pipes = {"self": build_pipeline(preset, "self", seed=0)}
     if "dino" in args.modes:
         pipes["dino"] = build_pipeline(preset, "dino", seed=0)
+    if "self-ref" in args.modes:  # the same weights: reference attention adds none
+        pipes["self-ref"] = build_pipeline(preset.replace(reference_images=args.reference_images), "self", seed=0)
     if args.device != "cpu" or dtype != torch.float32:
         for pipe in pipes.values():
             pipe.to(args.device, dtype)
@@ -127,7 +131,7 @@ def run(args) -> dict:
                     pipes["self"], models["plain"], models["text"], args.steps, args.guidance
                 )
                 continue
-            pipe = pipes["dino" if mode == "dino" else "self"]
+            pipe = pipes[mode if mode in pipes else "self"]
             cache = None
             if mode != "self-nc":
                 prefill[mode, c] = timed(lambda p=pipe, i=images: p.encode_context(i), args.device)

@@ -14,6 +14,12 @@ are the only modes there are, and none of them is module state:
 - `RecordContext`    encode clean images (M2M-Self at t=0): attend to null, record K/V
 - `CachedContext`    attend to K/V encoded earlier (inference; the context cache)
 - `SetContext`       teacher forcing on whole sets, causal across images (training)
+
+Beside ISA, and off by default (`reference_images=0`, the paper's model), **reference attention**:
+each self-attention (`attn1`) of the noisy image also attends to the same layer's tokens of its
+`reference_images` most recent clean context images, unpooled and through the same weights, so that
+every resolution can copy detail (as Zero123++, AnimateAnyone and StoryDiffusion carry appearance).
+M2M-Self only: its clean pass computes those tokens anyway, and they are cached like ISA's K/V.
 """
 
 from __future__ import annotations
@@ -101,10 +107,13 @@ class ImageSetAttention(ModelMixin, ConfigMixin):
         cross_attention_dim: int = 1024,
         image_encoder_dim: int | None = None,
         image_encoder_size: int = 224,
+        reference_images: int = 0,
     ):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if reference_images and variant != "self":
+            raise ValueError("reference attention reads the clean pass of M2M-Self; M2M-DINO has none")
         own_kv = variant == "self"  # M2M-Self: context K/V per layer; M2M-DINO: the cross-attention's own
         self.layers = nn.ModuleDict()
         for name, dim, inner in zip(layer_names, layer_dims, inner_dims, strict=True):
@@ -132,11 +141,26 @@ class ImageSetAttention(ModelMixin, ConfigMixin):
     def layer(self, name: str) -> IsaLayer:
         return self.layers[_key(name)]
 
+    def set_context_tokens(self, max_tokens: int | None) -> None:
+        """Pool M2M-Self's context feature maps to at most `max_tokens` per image and layer; no weight depends on it."""
+        if self.config.variant != "self":
+            raise ValueError("only M2M-Self pools its context tokens; M2M-DINO attends to the encoder's tokens")
+        self.register_to_config(max_context_tokens=max_tokens)
+        for layer in self.layers.values():
+            layer.max_tokens = max_tokens
+
 
 def cross_attentions(unet: UNet2DConditionModel) -> Iterator[tuple[str, Attention]]:
     """(name, module) of every text cross-attention of the UNet: the places ISA takes."""
     for name, module in unet.named_modules():
         if name.endswith("attn2") and isinstance(module, Attention):
+            yield name, module
+
+
+def self_attentions(unet: UNet2DConditionModel) -> Iterator[tuple[str, Attention]]:
+    """(name, module) of the self-attention beside every cross-attention: where reference attention reads."""
+    for name, module in unet.named_modules():
+        if name.endswith("attn1") and isinstance(module, Attention):
             yield name, module
 
 
@@ -162,6 +186,16 @@ class SelfAttnProcessor(AttnProcessor2_0):
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
+class ReferenceAttnProcessor:
+    """Self-attention that also attends to its layer's tokens of the most recent clean context images."""
+
+    def __init__(self, name: str, window: int):
+        self.name, self.window = name, window
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, isa=None):
+        return (isa or NullContext()).reference(self.name, self.window, attn, hidden_states)
+
+
 def install(unet: UNet2DConditionModel, isa: ImageSetAttention) -> None:
     """Turn every cross-attention of `unet` into Image-Set Attention backed by `isa`'s weights."""
     attns = dict(cross_attentions(unet))
@@ -173,10 +207,16 @@ def install(unet: UNet2DConditionModel, isa: ImageSetAttention) -> None:
     missing = [n for n in names if _key(n) not in isa.layers]
     if missing or len(names) != len(isa.layers):
         raise ValueError(f"ISA weights do not match this UNet's cross-attentions (first missing: {missing[:1]})")
+    window = isa.config.reference_images
     processors = {}
     for name in unet.attn_processors:
         module = name.removesuffix(".processor")
-        processors[name] = ImageSetAttnProcessor(isa.layer(module)) if module in names else SelfAttnProcessor()
+        if module in names:
+            processors[name] = ImageSetAttnProcessor(isa.layer(module))
+        elif window and module.endswith("attn1"):
+            processors[name] = ReferenceAttnProcessor(module, window)
+        else:
+            processors[name] = SelfAttnProcessor()
     unet.set_attn_processor(processors)
 
 
@@ -187,11 +227,18 @@ def _key(name: str) -> str:
 # --- What one UNet call attends to ------------------------------------------------------------
 
 
+def self_kv(attn: Attention, hidden: Tensor) -> KV:
+    return attn.to_k(hidden), attn.to_v(hidden)  # (N, T, inner) each
+
+
 class NullContext:
-    """No preceding image: attend to the learned null tokens only."""
+    """No preceding image: attend to the learned null tokens only (and, in self-attention, to itself)."""
 
     def attend(self, layer: IsaLayer, attn: Attention, hidden: Tensor) -> Tensor:
         return attend(attn, hidden, *layer.null_kv(attn))
+
+    def reference(self, name: str, window: int, attn: Attention, hidden: Tensor) -> Tensor:
+        return attend(attn, hidden, *self_kv(attn, hidden))
 
 
 class RecordContext(NullContext):
@@ -204,6 +251,10 @@ class RecordContext(NullContext):
         self.kv[layer.name] = layer.project(attn, hidden)  # (N, L, inner) each
         return super().attend(layer, attn, hidden)
 
+    def reference(self, name: str, window: int, attn: Attention, hidden: Tensor) -> Tensor:
+        self.kv[name] = self_kv(attn, hidden)  # (N, T, inner) each: unpooled
+        return attend(attn, hidden, *self.kv[name])
+
 
 class CachedContext:
     """Attend to null + K/V of context images encoded earlier (inference).
@@ -215,6 +266,15 @@ class CachedContext:
     def __init__(self, kv: dict[str, KV], n_cond: int | None = None):
         self.kv, self.n_cond = kv, n_cond  # kv: (1, L, inner) each; None = every row sees the context
         self.full: dict[str, KV] = {}  # null + context K/V, built at the first step and reused
+
+    def reference(self, name: str, window: int, attn: Attention, hidden: Tensor) -> Tensor:
+        """Each row attends to itself; the cond rows also to the reference tokens (`kv[name]`: the window's)."""
+        (k, v), (rk, rv), n = self_kv(attn, hidden), self.kv[name], self.n_cond  # (B, T, inner), (1, W*T, inner)
+        n = hidden.shape[0] if n is None else n
+        cond = heads_attention(attn, attn.to_q(hidden[:n]), *(torch.cat([x[:n], r.expand(n, -1, -1)], 1)
+                                                             for x, r in ((k, rk), (v, rv))))  # fmt: skip
+        uncond = heads_attention(attn, attn.to_q(hidden[n:]), k[n:], v[n:])
+        return attn.to_out[1](attn.to_out[0](torch.cat([cond, uncond])))  # (B, T, C)
 
     def attend(self, layer: IsaLayer, attn: Attention, hidden: Tensor) -> Tensor:
         if layer.name not in self.full:
@@ -257,6 +317,30 @@ class SetContext:
         mask = self.mask(t, length, nk.shape[1])  # (B, K*T, n0 + K*L)
         out = attend(attn, noisy.reshape(b, k * t, -1), keys, values, mask)  # (B, K*T, C)
         return torch.cat([out_clean, out.reshape(b * k, t, -1)])
+
+    def reference(self, name: str, window: int, attn: Attention, hidden: Tensor) -> Tensor:
+        """Noisy image i attends to itself and to clean images i-1 .. i-window (the same layer, unpooled)."""
+        clean, noisy = hidden.chunk(2)  # (B*K, T, C) each
+        (ck, cv), (nk, nv) = self_kv(attn, clean), self_kv(attn, noisy)  # (B*K, T, inner)
+        out_clean = attend(attn, clean, ck, cv)  # the clean pass, as at inference: each image alone
+        keys = torch.cat([nk, *(self.shifted(ck, d) for d in range(1, window + 1))], 1)  # (B*K, (1+W)*T, inner)
+        values = torch.cat([nv, *(self.shifted(cv, d) for d in range(1, window + 1))], 1)
+        out = attend(attn, noisy, keys, values, self.reference_mask(window, noisy.shape[1]))  # (B*K, T, C)
+        return torch.cat([out_clean, out])
+
+    def shifted(self, x: Tensor, d: int) -> Tensor:
+        """Row i of each set gets row i - d (zeros where there is none): (B*K, T, inner)."""
+        sets = x.unflatten(0, self.sees.shape)  # (B, K, T, inner)
+        return torch.cat([torch.zeros_like(sets[:, :d]), sets[:, :-d]], 1).flatten(0, 1)
+
+    def reference_mask(self, window: int, t: int) -> Tensor:
+        """(B*K, 1, (1+W)*T): its own tokens always; image i - d's when it exists and image i sees its context."""
+        b, k = self.sees.shape
+        i = torch.arange(k, device=self.sees.device)[None, :, None]  # (1, K, 1)
+        d = torch.arange(1, window + 1, device=self.sees.device)[None, None]  # (1, 1, W)
+        refs = (i >= d) & self.sees[..., None]  # (B, K, W)
+        blocks = torch.cat([refs.new_ones(b, k, 1), refs], 2).repeat_interleave(t, 2)  # (B, K, (1+W)*T)
+        return blocks.flatten(0, 1)[:, None]
 
     def mask(self, t: int, length: int, num_null: int) -> Tensor:
         """Block-causal across images: a query of image i sees tokens of images j < i (and null)."""

@@ -80,12 +80,12 @@ class ContextEncoder(ABC):
     @torch.no_grad()
     def cache(self, pipe: M2MPipeline, images: list[Image.Image], cache: ContextCache | None = None) -> ContextCache:
         """Prepared images -> their K/V appended to `cache` (a new one if None), each image encoded once."""
-        cache = ContextCache() if cache is None else cache
+        cache = ContextCache(pipe.isa.config.reference_images) if cache is None else cache
         return self.cache_inputs(pipe, self.inputs(pipe, images), cache) if images else cache
 
     @torch.no_grad()
     def cache_inputs(self, parts: Parts, inputs: Tensor, cache: ContextCache | None = None) -> ContextCache:
-        cache = ContextCache() if cache is None else cache
+        cache = ContextCache(parts.isa.config.reference_images) if cache is None else cache
         for batch in inputs.split(ENCODE_BATCH):
             cache.extend(self.encode(parts, batch))
         return cache
@@ -177,8 +177,9 @@ def dino_inputs(pixels: Tensor, size: int) -> Tensor:
 class ContextCache:
     """Per-layer K/V of each context image, kept in set order; it belongs to one generation call."""
 
-    def __init__(self):
+    def __init__(self, reference_images: int = 0):
         self.images: list[dict[str, KV]] = []
+        self.reference_images = reference_images  # the model's (ImageSetAttention.config)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -190,10 +191,19 @@ class ContextCache:
             self.images.append({name: (k[i : i + 1], v[i : i + 1]) for name, (k, v) in kv.items()})
 
     def context(self, indices: list[int], n_cond: int | None = None) -> CachedContext:
-        """One `CachedContext` over the chosen images, concatenated once for all denoising steps."""
-        names = self.images[indices[0]].keys()
+        """One `CachedContext` over the chosen images, concatenated once for all denoising steps.
+
+        ISA layers see every chosen image; reference attention (self-attention layers) the last `reference_images`.
+        """
+        recent = indices[-self.reference_images :] if self.reference_images else []
         kv = {
-            name: tuple(torch.cat([self.images[i][name][j] for i in indices], 1) for j in (0, 1))  # (1, ΣL, inner)
-            for name in names
-        }
+            name: tuple(torch.cat([self.images[i][name][j] for i in (recent if is_reference(name) else indices)], 1)
+                        for j in (0, 1))  # (1, ΣL, inner)
+            for name in self.images[indices[0]]
+        }  # fmt: skip
         return CachedContext(kv, n_cond)
+
+
+def is_reference(name: str) -> bool:
+    """Whether a cached layer is a self-attention read by reference attention (ISA layers are cross-attentions)."""
+    return name.endswith("attn1")

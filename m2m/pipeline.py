@@ -64,6 +64,13 @@ class M2MPipeline(DiffusionPipeline):
             kwargs["dtype"] = torch.float32
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
+    def set_reference_images(self, n: int) -> None:
+        """Reference attention to the `n` most recent context images (0: off, the paper's model); no weight changes."""
+        if n and self.variant != "self":
+            raise ValueError("reference attention reads the clean pass of M2M-Self; M2M-DINO has none")
+        self.isa.register_to_config(reference_images=n)
+        install(self.unet, self.isa)
+
     @property
     def variant(self) -> str:
         return self.isa.config.variant

@@ -33,6 +33,7 @@ class Preset:
     image_encoder_size: int = 224
     num_null_tokens: int = 4
     max_context_tokens: int | None = 64  # M2M-Self: context tokens per image and layer (pooled above)
+    reference_images: int = 0  # M2M-Self: reference attention to this many recent context images (0: the paper's)
     hub_id: str | None = None  # Stable Diffusion weights
     image_encoder_hub_id: str | None = None
     vae_colour_path: bool = False  # ColourAutoencoderKL: a tiny autoencoder that keeps colour (m2m/autoencoder.py)
@@ -69,7 +70,7 @@ TINY = Preset(
     # v-prediction: with ε the tiny model learns nothing from the context (DESIGN.md §3)
     scheduler={**SD_SCHEDULER, "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
     image_encoder_size=128,
-    max_context_tokens=16,  # 4x4 per image and layer: 16 context images cost 256 keys
+    max_context_tokens=64,  # 8x8 per image and layer, as the shipped M2M-Self: 16 context images cost 1,024 keys
 )  # fmt: skip
 
 SD21_BASE = Preset(
@@ -121,6 +122,7 @@ def build_isa(preset: Preset, unet: UNet2DConditionModel, variant: str) -> Image
         max_context_tokens=preset.max_context_tokens,
         image_encoder_dim=preset.image_encoder["hidden_size"] if needs_image_encoder(variant) else None,
         image_encoder_size=preset.image_encoder_size,
+        reference_images=preset.reference_images,
     )
 
 

@@ -10,6 +10,10 @@
 #   more [VARIANT...]  both shipped models (or those named) (checkpoints/m2m-{self,dino}-tiny) trained on, on sets they have not seen
 #          (--seed $MORE_SEED), side by side, for $MINUTES: another cosine of $MORE_SELF_STEPS / $MORE_DINO_STEPS
 #          steps from $MORE_LR; use its own R (R=runs/open-cpu-more), so that eval and install read it;
+#   tokens the A/B of the context's pooling: the shipped M2M-Self trained on as "more self" does, twice side by
+#          side from the same weights on the same sets, pooled as shipped ($R/m2m-self-tiny) and with $WIDE_TOKENS
+#          context tokens per image and layer ($R/tokens$WIDE_TOKENS/m2m-self-tiny: R=$R/tokens$WIDE_TOKENS for eval-one
+#          and install);
 #   eval   the label-free set metrics of both (train/evaluation/evaluate.py): c = 4 on open:heldout and
 #          open:hard (32 sets), c = 3 on the photos (8 sets);
 #   install [VARIANT...]  both (or those named) into checkpoints/m2m-{self,dino}-tiny, run by hand once they score better (docs/open-sets.md).
@@ -41,6 +45,7 @@ MORE_SELF_STEPS=${MORE_SELF_STEPS:-600}
 MORE_DINO_STEPS=${MORE_DINO_STEPS:-800}
 MORE_LR=${MORE_LR:-2e-4}
 MORE_SEED=${MORE_SEED:-1}  # the shipped runs drew their sets with seed 0
+WIDE_TOKENS=${WIDE_TOKENS:-256}  # tokens: 256 = the 16x16 level's whole map, unpooled
 TASK_MINUTES=${TASK_MINUTES:-15}
 NVS_OBJECTS=${NVS_OBJECTS:-600}
 
@@ -79,24 +84,38 @@ base() {
     wait_all
 }
 
+more_one() {  # VARIANT OUT [FLAG...]: the shipped model trained on into OUT, on one core
+    local v=$1 out=$2 steps=$MORE_SELF_STEPS
+    [ "$v" = self ] || steps=$MORE_DINO_STEPS
+    mkdir -p "$(dirname "$out")"
+    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant "$v" --init "checkpoints/m2m-$v-tiny" --steps "$steps" \
+        --out "$out" --data open:train --val-data open:heldout --sprites "$SPRITES" --lr "$MORE_LR" --warmup 30 \
+        --ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 6 --mixed-precision no --seed "$MORE_SEED" \
+        --log-every 10 --val-every 100 --checkpoint-every 50 --sample-every 100000 --max-minutes "$MINUTES" \
+        --export-fp16 "${@:3}" >> "$out.log" 2>&1
+}
+
+refuse_base_r() {
+    [ "$R" != runs/open-cpu ] || { echo "$1 trains into an R of its own (R=runs/open-cpu-more): $R holds the base runs, which it would resume" >&2; exit 2; }
+}
+
 more() {  # [VARIANT...]: both by default
-    mkdir -p "$R"
-    local v steps args=(--data open:train --val-data open:heldout --sprites "$SPRITES" --lr "$MORE_LR" --warmup 30
-                        --ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 6 --mixed-precision no --seed "$MORE_SEED"
-                        --log-every 10 --val-every 100 --checkpoint-every 50 --sample-every 100000
-                        --max-minutes "$MINUTES" --export-fp16)
-    local variants=("$@")
+    local v variants=("$@")
     [ $# -gt 0 ] || variants=(self dino)
-    [ "$R" != runs/open-cpu ] || { echo "more trains into an R of its own (R=runs/open-cpu-more): $R holds the base runs, which it would resume" >&2; exit 2; }
+    refuse_base_r more
     for v in "${variants[@]}"; do
         case $v in self | dino) ;; *) echo "no variant $v: self or dino" >&2; exit 2 ;; esac
     done
     for v in "${variants[@]}"; do
-        steps=$MORE_SELF_STEPS
-        [ "$v" = self ] || steps=$MORE_DINO_STEPS
-        OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant "$v" --init "checkpoints/m2m-$v-tiny" --steps "$steps" \
-            --out "$R/m2m-$v-tiny" "${args[@]}" >> "$R/m2m-$v-tiny.log" 2>&1 &
+        more_one "$v" "$R/m2m-$v-tiny" &
     done
+    wait_all
+}
+
+tokens() {  # the shipped M2M-Self trained on twice from the same weights on the same sets: pooled as shipped, and not
+    refuse_base_r tokens
+    more_one self "$R/m2m-self-tiny" &
+    more_one self "$R/tokens$WIDE_TOKENS/m2m-self-tiny" --context-tokens "$WIDE_TOKENS" &
     wait_all
 }
 
@@ -191,11 +210,12 @@ case "${1:-}" in
     vae-full) vae_full_both ;;
     base) base ;;
     more) more "${@:2}" ;;
+    tokens) tokens ;;
     eval) evaluate self; evaluate dino ;;
     eval-one) evaluate "${@:2}" ;;  # VARIANT [CHECKPOINT [TAG]]: one model, e.g. a snapshot of the learning curve
     install) install "${@:2}" ;;
     tasks) tasks ;;
     eval-tasks) evaluate_tasks ;;
     install-tasks) install_tasks ;;
-    *) echo "usage: $0 vae|vae-full|base|more|eval|eval-one|install|tasks|eval-tasks|install-tasks" >&2; exit 2 ;;
+    *) echo "usage: $0 vae|vae-full|base|more|tokens|eval|eval-one|install|tasks|eval-tasks|install-tasks" >&2; exit 2 ;;
 esac

@@ -40,9 +40,11 @@ def micro() -> Preset:
     return MICRO
 
 
-@pytest.fixture(scope="session", params=["self", "dino"])
+@pytest.fixture(scope="session", params=["self", "dino", "self+reference"])
 def pipe(request):
-    return build_pipeline(MICRO, request.param, seed=0)
+    """Each variant, and M2M-Self with reference attention to its 2 most recent context images."""
+    variant, _, reference = request.param.partition("+")
+    return build_pipeline(MICRO.replace(reference_images=2 if reference else 0), variant, seed=0)
 
 
 @pytest.fixture(scope="session")

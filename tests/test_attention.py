@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from m2m.attention import VARIANTS, NullContext, cross_attentions, pool_tokens
+from m2m.attention import VARIANTS, NullContext, SetContext, cross_attentions, pool_tokens
 from m2m.encoders import ENCODERS, ContextCache, context_encoder, dino_tokens, vae_latents
 from m2m.images import to_tensor
 from m2m.model import M2MModel
@@ -174,6 +174,26 @@ def test_pooling_keeps_at_most_the_budget():
     assert torch.allclose(pool_tokens(x, 1)[:, 0], x.mean(1), atol=1e-6)
 
 
+def test_context_tokens_change_the_pooling_and_no_weight(micro, tmp_path):
+    """M2M-Self read unpooled: the 8x8 level's context is its whole map, the weights are the same, the choice saved."""
+    from m2m.loading import load_pipeline
+    from m2m.presets import build_pipeline
+
+    pipe = build_pipeline(micro, "self")
+    before = {n: p.clone() for n, p in pipe.isa.state_dict().items()}
+    latents = torch.randn(2, 4, 8, 8)  # two context images, the micro latents
+    pooled = context_encoder(pipe.isa).encode(pipe, latents)
+    pipe.isa.set_context_tokens(64)
+    unpooled = context_encoder(pipe.isa).encode(pipe, latents)
+    assert max(k.shape[1] for k, _ in pooled.values()) == 16  # micro pools its 8x8 level to 4x4 (mid block: 4x4)
+    assert max(k.shape[1] for k, _ in unpooled.values()) == 64
+    assert all(torch.equal(before[n], p) for n, p in pipe.isa.state_dict().items())
+    pipe.save_pretrained(tmp_path)
+    assert load_pipeline(tmp_path).isa.config.max_context_tokens == 64
+    with pytest.raises(ValueError, match="only M2M-Self"):
+        build_pipeline(micro, "dino").isa.set_context_tokens(64)
+
+
 def test_dino_tokens_shape(micro):
     from m2m.presets import build_pipeline
 
@@ -182,3 +202,23 @@ def test_dino_tokens_shape(micro):
     tokens = dino_tokens(pipe.image_encoder, pipe.isa, pixels)
     patches = (micro.image_encoder_size // micro.image_encoder["patch_size"]) ** 2
     assert tokens.shape == (3, 1 + patches, pipe.unet.config.cross_attention_dim)
+
+
+def test_reference_attention_adds_no_weight_and_reads_the_window(micro):
+    """The paper's model is one setting away: the same weights; image i reads clean images i-1 .. i-W only."""
+    from m2m.presets import build_pipeline
+
+    plain, ref = build_pipeline(micro, "self"), build_pipeline(micro.replace(reference_images=2), "self")
+    weights = zip(plain.unet.state_dict().values(), ref.unet.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in weights)
+    assert plain.isa.state_dict().keys() == ref.isa.state_dict().keys()
+    sees = torch.tensor([[True, True, False, True, True]])  # image 2 drops its context
+    mask = SetContext(sees).reference_mask(2, t=1)[:, 0]  # (K, 1 + W): itself, image i-1, image i-2
+    expected = [[1, 0, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 1]]
+    assert mask.int().tolist() == expected
+    latents, pixels, timesteps, noise = fixed_batch(plain, 1, 4)
+    a, b = (predictions(make_model(p), latents, pixels, timesteps, noise) for p in (plain, ref))
+    assert torch.allclose(a[:, 0], b[:, 0], atol=1e-5)  # the first image has nothing to refer to
+    assert (a[:, 1:] - b[:, 1:]).abs().amax() > 1e-4
+    with pytest.raises(ValueError, match="M2M-DINO has none"):
+        build_pipeline(micro.replace(reference_images=2), "dino")

@@ -152,3 +152,22 @@ def test_a_set_does_not_depend_on_the_drawings_atlas():
     for key in ("palette", "bg", "background", "rendering", "lay_centre", "lay_size"):
         assert torch.equal(without[key], with_atlas[key])
     assert torch.equal(without["family"][~drawings], with_atlas["family"][~drawings])
+
+
+@pytest.mark.parametrize("split", ["simple", "simple-train"])
+def test_simple_sets_are_one_flat_shape_on_a_flat_background(split):
+    """`open:simple`: per image two colours only (anti-aliased edges aside), the same two in every image of a set;
+    a procedural family, never a drawing; its own seed stream, apart from the curriculum's."""
+    sets = draw_sets(split, list(range(32)), 3)
+    assert (sets["sprite"] == -1).all() and (sets["family"] != FAMILIES.index("drawing")).all()
+    assert len(set(sets["family"].tolist())) >= 5  # any family
+    pixels = OpenSets(split).batch(list(range(8)), 3)  # (8, 3, 3, S, S)
+    for images in pixels:
+        colours = images.permute(0, 2, 3, 1).reshape(-1, 3)  # every pixel of the set
+        _, counts = colours.unique(dim=0, return_counts=True)
+        share = counts.sort(descending=True).values[:4].sum() / len(colours)
+        assert share > 0.95, share  # background + fill (+ the little colour jitter of each image)
+        corners = images[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]  # (K, 3, 4): the background
+        assert torch.allclose(corners, corners[:1, :, :1].expand_as(corners), atol=1e-5)
+    other = OpenSets("simple-train" if split == "simple" else "simple").batch([0], 3)
+    assert not torch.equal(other[0], pixels[0])

@@ -150,3 +150,24 @@ def test_recipe_table_gives_each_scored_run_its_scores_errors_and_losses(tmp_pat
     lines = table(tmp_path).splitlines()
     assert len(lines) == 4 and lines[2].startswith("| `base` |") and lines[3].startswith("| `base-raw` |")
     assert "| 60 (≈1.9k) |" in lines[2] and "0.500 ± 0.044" in lines[2] and "0.250 / 0.270" in lines[2]
+
+
+def test_arch_table_gives_each_row_its_context_gain_and_both_sources(tmp_path):
+    from bench.arch_table import table
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "log.csv").write_text(
+        "step,loss,lr,images_per_s,val_loss_context,val_loss_no_context,context_gain\n"
+        "50,0.3,0.0005,8,0.25,0.27,0.1\n60,0.2,0.0005,8,,,\n100,0.2,0.0005,8,0.2,0.25,0.2\n"
+    )
+    (tmp_path / "half").mkdir()  # started, not scored yet: its row has dashes
+    (tmp_path / "half" / "log.csv").write_text("step,loss,lr,images_per_s,val_loss_context,val_loss_no_context\n")
+    scores = {"colour_retrieval": 0.5, "shape_retrieval": 0.25, "similarity": 0.2}
+    groups = {"model": scores, "no-context": {**scores, "shape_retrieval": 0.0625}, "round-trip": scores}
+    for source in ("simple", "heldout"):
+        saved = {"args": {"sets": 32, "generate": 2}, "results": {"4": groups}}
+        (tmp_path / f"eval-base-{source}.json").write_text(json.dumps(saved))
+    lines = table(tmp_path).splitlines()
+    assert len(lines) == 3 and lines[2].startswith("| `base` |")  # the empty log gives no row
+    assert "| 100 (≈3.2k) | 15.0 % |" in lines[2]  # the mean gain of the validations logged
+    assert lines[2].count("0.250 ± 0.054") == 2 and "| 0.062 / 0.250 |" in lines[2]

@@ -57,6 +57,8 @@ def test_training_runs_logs_and_exports_a_loadable_pipeline(start, tmp_path):
     peak = parse_args(args(start, tmp_path, 4)).lr  # warm-up over 2 steps, then a cosine down to 0 at step 4
     assert [float(r["lr"]) for r in rows] == pytest.approx([peak / 2, peak, peak / 2, 0.0])
     assert rows[1]["val_loss_context"] and rows[1]["val_loss_no_context"]  # the sign that the context is used
+    with_context, without = float(rows[1]["val_loss_context"]), float(rows[1]["val_loss_no_context"])
+    assert float(rows[1]["context_gain"]) == pytest.approx((without - with_context) / without, abs=1e-3)
     assert (tmp_path / "samples" / "step-0000004.png").is_file()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
     pipe = load_pipeline(tmp_path / "pipeline")
@@ -107,6 +109,53 @@ def test_self_variant_does_not_train_the_replaced_text_projections(micro, tmp_pa
     for _, attn in cross_attentions(model.unet):
         assert id(attn.to_k.weight) not in params and id(attn.to_q.weight) in params
     assert all(id(p) in params for p in model.isa.parameters())
+
+
+def test_a_fine_tune_may_read_its_context_unpooled(start, tmp_path):
+    """--init with --context-tokens: M2M-Self trains and exports with the new pooling; M2M-DINO has none to change."""
+    cmd = args(start, tmp_path / "run", 1, "--context-tokens", "64", "--mixed-precision", "no")
+    if (start / "image_encoder").exists():
+        with pytest.raises(ValueError, match="only M2M-Self"):
+            train(parse_args(cmd))
+        return
+    train(parse_args(cmd))
+    assert load_pipeline(start).isa.config.max_context_tokens == 16
+    assert load_pipeline(tmp_path / "run" / "pipeline").isa.config.max_context_tokens == 64
+
+
+def test_a_budget_counts_training_time_over_every_resume(start, tmp_path):
+    """--budget-minutes: a run stops once its steps have taken that long, and a resume does not start it anew."""
+    budget = ["--budget-minutes", "0.00001", "--mixed-precision", "no"]  # under a millisecond: one step spends it
+    assert train(parse_args(args(start, tmp_path, 50, *budget)))["step"] == 1
+    assert train(parse_args(args(start, tmp_path, 50, *budget)))["step"] == 1
+    assert train(parse_args(args(start, tmp_path, 3, "--mixed-precision", "no")))["step"] == 3  # no budget: on
+
+
+def test_a_fine_tune_may_turn_reference_attention_on(start, tmp_path):
+    """--init with --reference-images: M2M-Self trains and exports it (no new weight); M2M-DINO refuses it."""
+    cmd = args(start, tmp_path / "run", 1, "--reference-images", "2", "--mixed-precision", "no")
+    if (start / "image_encoder").exists():
+        with pytest.raises(ValueError, match="M2M-DINO has none"):
+            train(parse_args(cmd))
+        return
+    train(parse_args(cmd))
+    before, after = load_pipeline(start), load_pipeline(tmp_path / "run" / "pipeline")
+    assert (before.isa.config.reference_images, after.isa.config.reference_images) == (0, 2)
+    assert set(before.unet.state_dict()) == set(after.unet.state_dict())
+    assert set(before.isa.state_dict()) == set(after.isa.state_dict())
+
+
+def test_architecture_flags_shape_a_new_model_and_are_refused_on_init(start):
+    from train.training.m2m import new_model_preset
+
+    cfg = parse_args(["--unet-width", "0.5", "--reference-images", "1", "--image-encoder-size", "256"])
+    preset = new_model_preset(cfg)
+    assert preset.unet["block_out_channels"] == (32, 64, 64)  # the tiny preset's (64, 128, 128), halved
+    assert (preset.reference_images, preset.image_encoder_size) == (1, 256)
+    with pytest.raises(ValueError, match="fewer channels"):
+        new_model_preset(parse_args(["--unet-width", "0.1"]))
+    with pytest.raises(ValueError, match="shape a new model"):
+        train(parse_args(args(start, Path("unused"), 1, "--unet-width", "0.5")))
 
 
 def test_kill_9_then_resume_carries_on_the_same_loss_curve(start, tmp_path):

@@ -16,8 +16,9 @@ and a little colour jitter, as MIS's images differ in their initial noise.
 Everything is rendered in batches with tensor ops (anti-aliased signed distances, sprites by
 affine `grid_sample`), on any device. Set `i` of a split is fixed by (split, seed, i): its
 parameters are drawn on the CPU by a generator of its own, so a set is the same in any batch,
-on CPU and CUDA (up to float rounding). Splits: `train`, `heldout` (a disjoint seed stream) and
-`hard` (shape families, hues and drawings that `train` never sees).
+on CPU and CUDA (up to float rounding). Splits: `train`, `heldout` (a disjoint seed stream),
+`hard` (shape families, hues and drawings that `train` never sees), and `simple` / `simple-train`
+(one procedural shape in a flat colour on a flat background: scored, and a curriculum's start).
 
     python -m train.data.open_sets --out data/open --sets 10000 --set-size 8   # MIS-layout shards
 """
@@ -49,7 +50,8 @@ HARD_HUES = (0.70, 0.80)  # a band of hues (HSV, violet) used by the `hard` spli
 BACKGROUNDS = ("flat", "gradient", "stripes", "dots", "checks", "noise")
 RENDERINGS = ("flat", "outline", "pattern", "shaded")
 SPRITE_MODES = ("original", "tinted", "silhouette")
-SPLITS = {"train": 11, "heldout": 12, "hard": 13}  # disjoint seed streams
+SPLITS = {"train": 11, "heldout": 12, "hard": 13, "simple": 14, "simple-train": 15}  # disjoint seed streams
+SIMPLE_SPLITS = ("simple", "simple-train")  # one flat shape on a flat background: scored, and a curriculum's start
 PRIMS, INSTANCES, FOURIER = 3, 3, 4  # primitives per shape, instances per image, harmonics per curve
 MAX_SET = 25  # images per set, as in MIS
 
@@ -187,10 +189,12 @@ def draw_caption(d: Draw, split: str, n_sprites: int) -> dict[str, Tensor]:
     sprite is picked by a uniform draw scaled to the atlas, so every other parameter stays the same.
     """
     families = [f for f in FAMILIES if (f in HARD_FAMILIES) == (split == "hard") or f == "drawing"]
+    if split in SIMPLE_SPLITS:  # any procedural family, no drawings
+        families = [f for f in FAMILIES if f != "drawing"]
     family, pick = d.choice(families), float(d.uniform(0, 1))
     if family == "drawing" and n_sprites == 0:
         family = families[0]  # the split's first shape family
-    return {
+    caption = {
         "family": torch.tensor(FAMILIES.index(family)),
         "sprite": torch.tensor(min(int(pick * n_sprites), n_sprites - 1) if family == "drawing" else -1),
         "sprite_mode": d.choice((0, 0, 1, 2)) * torch.ones((), dtype=torch.long),
@@ -207,6 +211,16 @@ def draw_caption(d: Draw, split: str, n_sprites: int) -> dict[str, Tensor]:
         "size": d.uniform(0.35, 0.75)[0], "spin": d.uniform(0, 1)[0] ** 2 * math.pi,
         "base_rotation": d.uniform(0, 2 * math.pi)[0], "flips": torch.tensor(d.chance(0.5)),
     }  # fmt: skip
+    return simplified(caption) if split in SIMPLE_SPLITS else caption
+
+
+def simplified(caption: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`open:simple`: one shape in one flat colour on a flat background, no shadow, one instance per image.
+
+    Overrides after every draw, so that the draw stream (and each set's shape) is the one the full caption takes.
+    """
+    flat = {"background": 0, "rendering": 0, "shadow": False, "n_colours": 1, "max_count": 1}
+    return caption | {key: torch.tensor(value, dtype=caption[key].dtype) for key, value in flat.items()}
 
 
 def draw_layout(d: Draw, caption: dict, k: int) -> dict[str, Tensor]:

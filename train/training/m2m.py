@@ -51,7 +51,7 @@ from m2m.images import to_pil
 from m2m.loading import load_pipeline
 from m2m.model import M2MModel
 from m2m.pipeline import M2MPipeline
-from m2m.presets import build_pipeline, from_hub, get_preset
+from m2m.presets import Preset, build_pipeline, from_hub, get_preset
 from m2m.sampling import SamplingParams
 from m2m.sets import atomic_folder, contact_sheet, stack_rows
 from train.data.loader import make_loader
@@ -70,7 +70,10 @@ class TrainConfig:
     init: str | None = None  # an M2M pipeline folder to start from (fine-tuning); else the preset's start
     vae: str | None = None  # tiny: a trained AutoencoderKL folder (train/training/autoencoder.py)
     image_encoder: str | None = None  # tiny M2M-DINO: a pretrained Dinov2Model folder (train/training/encoder.py)
-    context_tokens: int | None = None  # M2M-Self: context tokens per image and ISA layer (default: the preset's)
+    context_tokens: int | None = None  # M2M-Self: context tokens per image and ISA layer (default: preset's, --init's)
+    reference_images: int | None = None  # M2M-Self: reference attention to this many recent images (0: the paper's)
+    unet_width: float = 1.0  # a new model: the preset's UNet channels times this (0.5: the half-width UNet)
+    image_encoder_size: int | None = None  # a new M2M-DINO: the encoder's input size (larger: more context tokens)
     steps: int = 3000
     batch_sets: int = 8
     min_k: int = 2
@@ -92,6 +95,7 @@ class TrainConfig:
     val_every: int = 100
     sample_every: int = 500
     max_minutes: float | None = None  # stop (with a checkpoint) after this long; run again to go on
+    budget_minutes: float | None = None  # stop once the run has trained this long over all its resumes
     workers: int = 2
     shuffle_buffer: int = 64  # shards: sets each loader worker holds (undecoded) to shuffle across shards
     n_sets: int = 10**7  # synth: sets per epoch
@@ -124,7 +128,7 @@ TRAIN_PRESETS = {
     ),
 }
 
-LOG_FIELDS = ["step", "loss", "lr", "images_per_s", "val_loss_context", "val_loss_no_context"]
+LOG_FIELDS = ["step", "loss", "lr", "images_per_s", "val_loss_context", "val_loss_no_context", "context_gain"]
 
 
 class Progress:
@@ -132,9 +136,11 @@ class Progress:
 
     def __init__(self, recipe: dict):
         self.step, self.epoch, self.batch_in_epoch, self.recipe = 0, 0, 0, recipe
+        self.seconds = 0.0  # wall-clock spent training, over all resumes (the budget of an equal-time comparison)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "recipe": self.recipe}
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "recipe": self.recipe,
+                "seconds": self.seconds}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         saved = state.get("recipe", RECIPE_DEFAULTS)  # checkpoints from before the recipe flags used the defaults
@@ -142,6 +148,7 @@ class Progress:
             raise ValueError(f"the checkpoint was trained with {saved}, this run asks for {self.recipe}: "
                              "give the same flags, or a new --out")  # fmt: skip
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.seconds = state.get("seconds", 0.0)  # checkpoints from before the budget: unknown, counted from here
 
 
 RECIPE_FIELDS = ("timestep_sampler", "min_snr_gamma", "zero_terminal_snr")
@@ -164,15 +171,17 @@ def check_recipe(cfg: TrainConfig) -> None:
 def build_start(cfg: TrainConfig) -> M2MPipeline:
     """The starting weights: an M2M pipeline (fine-tune), SD-2.1-base from the hub, or the tiny preset."""
     if cfg.init is not None:
-        if cfg.context_tokens is not None:
-            raise ValueError("--context-tokens sets up a new model; --init keeps the tokens of the model it loads")
         pipe = load_pipeline(cfg.init)
         if pipe.variant != cfg.variant:
             raise ValueError(f"--init {cfg.init} is an M2M-{pipe.variant} model, not {cfg.variant}")
+        if cfg.unet_width != 1.0 or cfg.image_encoder_size is not None:
+            raise ValueError("--unet-width and --image-encoder-size shape a new model; --init keeps the one it loads")
+        if cfg.context_tokens is not None:  # pooling has no weights: the loaded model reads finer (or coarser) maps
+            pipe.isa.set_context_tokens(cfg.context_tokens)
+        if cfg.reference_images is not None:  # nor has reference attention: it reads the UNet's own self-attention
+            pipe.set_reference_images(cfg.reference_images)
         return pipe
-    preset = get_preset(cfg.preset)
-    if cfg.context_tokens is not None:
-        preset = preset.replace(max_context_tokens=cfg.context_tokens)
+    preset = new_model_preset(cfg)
     if preset.hub_id is not None:
         return from_hub(preset, cfg.variant)
     if cfg.vae is None and cfg.steps > 10:
@@ -187,6 +196,29 @@ def build_start(cfg: TrainConfig) -> M2MPipeline:
     if encoder is not None and cfg.image_encoder is not None:  # M2M-DINO; also the fp16 one of a shipped checkpoint
         encoder = Dinov2Model.from_pretrained(cfg.image_encoder, dtype=torch.float32)
     return M2MPipeline(unet=pipe.unet, vae=vae, scheduler=pipe.scheduler, isa=pipe.isa, image_encoder=encoder)
+
+
+def new_model_preset(cfg: TrainConfig) -> Preset:
+    """The preset with this run's architecture flags applied (a model trained from its start)."""
+    preset, changes = get_preset(cfg.preset), {}
+    if cfg.context_tokens is not None:
+        changes["max_context_tokens"] = cfg.context_tokens
+    if cfg.reference_images is not None:
+        changes["reference_images"] = cfg.reference_images
+    if cfg.image_encoder_size is not None:
+        changes["image_encoder_size"] = cfg.image_encoder_size
+    if cfg.unet_width != 1.0:
+        changes["unet"] = {**preset.unet, "block_out_channels": scaled_channels(preset, cfg.unet_width)}
+    return preset.replace(**changes)
+
+
+def scaled_channels(preset: Preset, width: float) -> tuple[int, ...]:
+    """The UNet's channels times `width`, each still a multiple of its GroupNorm's groups."""
+    groups = preset.unet.get("norm_num_groups", 32)
+    channels = tuple(round(c * width / groups) * groups for c in preset.unet["block_out_channels"])
+    if min(channels) < groups:
+        raise ValueError(f"--unet-width {width}: the narrowest level would have fewer channels than {groups} groups")
+    return channels
 
 
 def trainable(model: M2MModel) -> list[torch.nn.Parameter]:
@@ -452,16 +484,16 @@ def train(cfg: TrainConfig) -> dict:
     bar = tqdm(total=cfg.steps, initial=run.progress.step, desc=f"M2M-{cfg.variant}",
                disable=not run.accelerator.is_main_process)  # fmt: skip
     for batch in batches(run):
-        if run.progress.step >= cfg.steps:
+        if run.progress.step >= cfg.steps or out_of_time(run, t0):
             break
+        tick = time.monotonic()
         loss, n = train_step(run, batch)
+        run.progress.seconds += time.monotonic() - tick
         images += n
         bar.update()
         last = step_end(run, loss, images, started)
         if last.get("images_per_s") is not None:
             started, images = time.monotonic(), 0
-        if cfg.max_minutes and out_of_time(run.accelerator, t0, cfg.max_minutes):
-            break
     bar.close()
     saved = latest_checkpoint(run.out)
     if saved is None or int(saved.name.split("-")[1]) != run.progress.step:
@@ -476,9 +508,15 @@ def open_batches(cfg: TrainConfig, accelerator: Accelerator, res: int) -> OpenBa
                                    size=res)  # fmt: skip
 
 
-def out_of_time(accelerator: Accelerator, t0: float, minutes: float) -> bool:
-    """Whether the time budget is spent, agreed by every process (they must stop at the same step)."""
-    late = torch.tensor(float(time.monotonic() - t0 > 60 * minutes), device=accelerator.device)
+def out_of_time(run: Run, t0: float) -> bool:
+    """Whether this call's minutes or the run's budget are spent, agreed by every process (they stop at one step)."""
+    cfg, accelerator = run.cfg, run.accelerator
+    if cfg.max_minutes is None and cfg.budget_minutes is None:
+        return False
+    late = (cfg.max_minutes is not None and time.monotonic() - t0 > 60 * cfg.max_minutes) or (
+        cfg.budget_minutes is not None and run.progress.seconds >= 60 * cfg.budget_minutes
+    )
+    late = torch.tensor(float(late), device=accelerator.device)
     return accelerator.reduce(late, "sum").item() > 0
 
 
@@ -491,7 +529,9 @@ def step_end(run: Run, loss: torch.Tensor, images: int, started: float) -> dict:
                "images_per_s": round(images / max(time.monotonic() - started, 1e-9), 2)}  # fmt: skip
     if run.val is not None and (step % cfg.val_every == 0 or step == 1):
         row["step"] = step
-        row["val_loss_context"], row["val_loss_no_context"] = (round(x, 6) for x in run.val(run.model))
+        with_context, without = run.val(run.model)
+        row["val_loss_context"], row["val_loss_no_context"] = round(with_context, 6), round(without, 6)
+        row["context_gain"] = round(context_gain(with_context, without), 4)
     if row and accelerator.is_main_process:
         run.log.write(row)
         tqdm.write(" ".join(f"{k}={v}" for k, v in row.items()))
@@ -503,6 +543,11 @@ def step_end(run: Run, loss: torch.Tensor, images: int, started: float) -> dict:
     if step % cfg.checkpoint_every == 0 or step == cfg.steps:
         finish_checkpoint(run, step)
     return row
+
+
+def context_gain(with_context: float, without: float) -> float:
+    """How much the context lowers the held-out loss, as a share of the loss without it (0: the context is unused)."""
+    return (without - with_context) / max(without, 1e-12)
 
 
 def finish_checkpoint(run: Run, step: int) -> None:

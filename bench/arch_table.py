@@ -1,0 +1,90 @@
+"""The architecture table of scripts/arch_cpu.sh (issue 25): each row's context gain and its scores on two sources.
+
+    python bench/arch_table.py --runs runs/arch
+
+Every row trained from scratch for the same minutes of one core (training steps only, over all resumes). Columns:
+- steps (images): how far the minutes took it (8 sets a step, K uniform in 2..6: about 32 images a step);
+- context gain: the held-out loss without context minus with, as a share of the loss without (train/training/m2m.py),
+  the mean of the run's last three validations (one validation is a fixed batch of 16 sets: noisy);
+- `open:simple` and `open:heldout` colour and shape retrieval among 16 (c = 4), each with its binomial standard error;
+- the floor (no context) and the ceiling (the autoencoder's round trip) of `open:heldout` shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from bench.recipe_table import cell
+
+ROWS = {  # row -> what it changes (scripts/arch_cpu.sh)
+    "base": "today's recipe: ISA in attn2, 64 pooled context tokens, lr 5e-4",
+    "tokens256": "unpooled context tokens (all 256 of the 16×16 level)",
+    "reference": "reference attention beside ISA: attn1 also reads the 2 most recent clean images",
+    "half": "a half-width UNet (32, 64, 64 channels)",
+    "lr1e-3": "learning rate 1e-3",
+    "lr2e-3": "learning rate 2e-3",
+    "curriculum": "15 minutes on open:simple-train, then open:train",
+    "dino": "M2M-DINO, today's recipe (8×8 patches + CLS)",
+    "dino-fine": "M2M-DINO, encoder input 256 px: 16×16 patches + CLS",
+}
+SOURCES = ("simple", "heldout")
+
+
+def context_gain(folder: Path, last: int = 3) -> tuple[int | None, float | None]:
+    """The run's last step and the mean context gain of its last `last` validations."""
+    if not (folder / "log.csv").exists():
+        return None, None
+    with (folder / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    gains = [float(r["context_gain"]) for r in rows if r.get("context_gain")]
+    step = max((int(r["step"]) for r in rows), default=None)
+    return step, (sum(gains[-last:]) / len(gains[-last:]) if gains else None)
+
+
+def scores(runs: Path, name: str, source: str) -> dict | None:
+    path = runs / f"eval-{name}-{source}.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    groups = next(iter(saved["results"].values()))  # the one context size
+    return {**groups, "n": saved["args"]["sets"] * saved["args"]["generate"]}
+
+
+def row(runs: Path, name: str) -> str | None:
+    step, gain = context_gain(runs / name)
+    if step is None:
+        return None
+    cells = []
+    for source in SOURCES:
+        s = scores(runs, name, source)
+        model = s and s["model"]
+        cells += [cell(model["colour_retrieval"], s["n"]), cell(model["shape_retrieval"], s["n"])] if s else ["—"] * 2
+    held = scores(runs, name, "heldout")
+    floor, ceiling = (held["no-context"], held["round-trip"]) if held else ({}, {})
+    bounds = f"{floor['shape_retrieval']:.3f} / {ceiling['shape_retrieval']:.3f}" if held else "—"
+    gain_cell = f"{100 * gain:.1f} %" if gain is not None else "—"
+    return (f"| `{name}` | {ROWS.get(name, '')} | {step} (≈{step * 32 / 1000:.1f}k) | {gain_cell} | "
+            + " | ".join(cells) + f" | {bounds} |")  # fmt: skip
+
+
+def table(runs: Path) -> str:
+    names = list(dict.fromkeys([*ROWS, *sorted(p.name for p in runs.iterdir() if (p / "log.csv").exists())]))
+    head = ["| row | change | steps (images) | context gain | simple colour | simple shape | heldout colour "
+            "| heldout shape | heldout shape floor / ceiling |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    return "\n".join(head + [r for r in (row(runs, n) for n in names) if r is not None])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default="runs/arch")
+    print(table(Path(p.parse_args(argv).runs)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The architecture table (issue 25; docs/open-sets.md §9): each row trained from scratch on open sets for $MINUTES of
+# one core, two rows side by side, on the same seed stream; then each scored on open:simple and open:heldout.
+#   bash scripts/arch_cpu.sh pair ROW ROW          # two rows side by side, resumable (the same command again)
+#   bash scripts/arch_cpu.sh run ROW               # one row alone
+#   bash scripts/arch_cpu.sh eval [ROW...]         # score rows (default: every row with a pipeline)
+#   bash scripts/arch_cpu.sh table                 # the markdown table (bench/arch_table.py)
+# MINUTES count training steps only (not validation or checkpoints), over all resumes, so that a row interrupted
+# by the end of a session resumes to the same budget. The baseline is today's shipped recipe: the colour
+# autoencoder, v-prediction, ISA in attn2 with 64 pooled context
+# tokens, lr 5e-4 after 50 warm-up steps and then near constant (a cosine over 100k steps, so that a run stopped by
+# the clock is not favoured by its decay), EMA 0.999, 8 sets of 2-6 images a step. Every other row changes one thing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/common.sh
+PY=${PY:-.venv/bin/python}
+R=${R:-runs/arch}
+MINUTES=${MINUTES:-45}
+CURRICULUM_MINUTES=${CURRICULUM_MINUTES:-15}  # curriculum: the first minutes on open:simple-train, then open:train
+SPRITES=${SPRITES:-data/sprites.npz}
+DINO_ENCODER=${DINO_ENCODER:-checkpoints/m2m-dino-tiny/image_encoder}  # the shipped tiny DINOv2 (frozen)
+declare -A FLAGS=(
+    [base]=""
+    [tokens256]="--context-tokens 256"
+    [reference]="--reference-images 2"
+    [half]="--unet-width 0.5"
+    [lr1e-3]="--lr 1e-3"
+    [lr2e-3]="--lr 2e-3"
+    [curriculum]=""  # the data changes, not the model: see run()
+    [dino]="--variant dino --image-encoder $DINO_ENCODER"
+    [dino-fine]="--variant dino --image-encoder $DINO_ENCODER --image-encoder-size 256"
+)
+
+train_row() {  # NAME MINUTES DATA: one row, resumable; MINUTES of training over all its resumes (--budget-minutes)
+    local name=$1 minutes=$2 data=$3
+    # shellcheck disable=SC2086  # FLAGS are words, after the defaults: a repeated flag's last value wins
+    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant self --context-tokens 64 ${FLAGS[$name]} \
+        --data "$data" --val-data open:heldout --sprites "$SPRITES" --vae checkpoints/vae-tiny-open \
+        --steps 100000 --lr 5e-4 --warmup 50 --ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 6 \
+        --mixed-precision no --log-every 10 --val-every 50 --checkpoint-every 50 --sample-every 100000 \
+        --budget-minutes "$minutes" --export-fp16 --out "$R/$name" >> "$R/$name.log" 2>&1
+}
+
+run() {  # NAME
+    local name=$1
+    [[ -v FLAGS[$name] ]] || { echo "unknown row $name: one of ${!FLAGS[*]}" >&2; exit 2; }
+    mkdir -p "$R"
+    [ -f "$SPRITES" ] || $PY -m train.data.sprites --out "$SPRITES"
+    if [ "$name" = curriculum ]; then  # a budget spent is a no-op on resume: both phases rerun safely
+        train_row "$name" "$CURRICULUM_MINUTES" open:simple-train
+    fi
+    train_row "$name" "$MINUTES" open:train
+}
+
+pair() { run "$1" & run "$2" & wait_all || { echo "a row failed: $R/$1.log, $R/$2.log" >&2; exit 1; }; }
+
+score() {  # ROW DATA SETS
+    local tag=$1-${2#open:}
+    OMP_NUM_THREADS=${THREADS:-1} $PY -m train.evaluation.evaluate --checkpoint "$R/$1/pipeline" --data "$2" \
+        --contexts 4 --sets "$3" --generate 2 --steps 15 --out "$R/eval-$tag.json" > "$R/eval-$tag.log" 2>&1 \
+        || { echo "evaluation of $1 on $2 failed: $R/eval-$tag.log" >&2; return 1; }
+}
+
+evaluate() {  # [ROW...]
+    local name names=("$@")
+    [ ${#names[@]} -gt 0 ] || names=("${!FLAGS[@]}")
+    for name in "${names[@]}"; do
+        [ -f "$R/$name/pipeline/model_index.json" ] || continue
+        score "$name" open:simple 32
+        score "$name" open:heldout 64
+    done
+}
+
+case "${1:-}" in
+    pair) pair "${2:?usage: $0 pair ROW ROW}" "${3:?usage: $0 pair ROW ROW}" ;;
+    run) run "${2:?usage: $0 run ROW}" ;;
+    eval) evaluate "${@:2}" ;;
+    table) $PY bench/arch_table.py --runs "$R" ;;
+    *) echo "usage: $0 pair ROW ROW|run ROW|eval [ROW...]|table" >&2; exit 2 ;;
+esac
