@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The architecture table (issue 25; docs/open-sets.md §9): each row trained from scratch on open sets for $MINUTES of
 # one core, two rows side by side, on the same seed stream; then each scored on open:simple and open:heldout.
+#   bash scripts/arch_cpu.sh all                   # every round below in turn, each pair scored after it (resumable)
 #   bash scripts/arch_cpu.sh pair ROW ROW          # two rows side by side, resumable (the same command again)
 #   bash scripts/arch_cpu.sh run ROW               # one row alone
 #   bash scripts/arch_cpu.sh eval [ROW...]         # score rows (default: every row with a pipeline)
 #   bash scripts/arch_cpu.sh table                 # the markdown table (bench/arch_table.py)
 # MINUTES count training steps only (not validation or checkpoints), over all resumes, so that a row interrupted
 # by the end of a session resumes to the same budget. The baseline is today's shipped recipe: the colour
-# autoencoder, v-prediction, ISA in attn2 with 64 pooled context
-# tokens, lr 5e-4 after 50 warm-up steps and then near constant (a cosine over 100k steps, so that a run stopped by
-# the clock is not favoured by its decay), EMA 0.999, 8 sets of 2-6 images a step. Every other row changes one thing.
+# autoencoder, v-prediction, ISA in attn2 with 64 pooled context tokens, lr 5e-4 after 50 warm-up steps and then
+# near constant (a cosine over 100k steps, so that a run stopped by the clock is not favoured by its decay), EMA
+# 0.999, 8 sets of 2-6 images a step. Every other row changes one thing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
@@ -52,13 +53,19 @@ run() {  # NAME
     train_row "$name" "$MINUTES" open:train
 }
 
-pair() { run "$1" & run "$2" & wait_all || { echo "a row failed: $R/$1.log, $R/$2.log" >&2; exit 1; }; }
+pair() {  # one or two rows, side by side
+    local name
+    for name in "$@"; do run "$name" & done
+    wait_all || { echo "a row of $* failed: see $R/<row>.log" >&2; exit 1; }
+}
 
-score() {  # ROW DATA SETS
-    local tag=$1-${2#open:}
-    OMP_NUM_THREADS=${THREADS:-1} $PY -m train.evaluation.evaluate --checkpoint "$R/$1/pipeline" --data "$2" \
-        --contexts 4 --sets "$3" --generate 2 --steps 15 --out "$R/eval-$tag.json" > "$R/eval-$tag.log" 2>&1 \
-        || { echo "evaluation of $1 on $2 failed: $R/eval-$tag.log" >&2; return 1; }
+score() {  # ROW: on open:simple (32 sets) and open:heldout (64); skipped when scored already (delete the JSONs)
+    [ ! -f "$R/eval-$1-simple.json" ] || [ ! -f "$R/eval-$1-heldout.json" ] || return 0
+    OMP_NUM_THREADS=${THREADS:-1} $PY -m train.evaluation.evaluate --checkpoint "$R/$1/pipeline" --data open:simple \
+        --contexts 4 --sets 32 --generate 2 --steps 15 --out "$R/eval-$1-simple.json" > "$R/eval-$1-simple.log" 2>&1 \
+        && OMP_NUM_THREADS=${THREADS:-1} $PY -m train.evaluation.evaluate --checkpoint "$R/$1/pipeline" \
+        --data open:heldout --contexts 4 --sets 64 --generate 2 --steps 15 --out "$R/eval-$1-heldout.json" \
+        > "$R/eval-$1-heldout.log" 2>&1 || { echo "evaluation of $1 failed: $R/eval-$1-*.log" >&2; return 1; }
 }
 
 evaluate() {  # [ROW...]
@@ -66,15 +73,27 @@ evaluate() {  # [ROW...]
     [ ${#names[@]} -gt 0 ] || names=("${!FLAGS[@]}")
     for name in "${names[@]}"; do
         [ -f "$R/$name/pipeline/model_index.json" ] || continue
-        score "$name" open:simple 32
-        score "$name" open:heldout 64
+        score "$name"
+    done
+}
+
+ROUNDS=("base reference" "half tokens256" "lr1e-3 lr2e-3" "curriculum dino" "dino-fine")
+
+all() {  # each round's rows side by side, then both scored side by side
+    local round
+    for round in "${ROUNDS[@]}"; do
+        # shellcheck disable=SC2086  # a round is its rows
+        pair $round
+        for name in $round; do evaluate "$name" & done
+        wait_all || { echo "an evaluation of $round failed" >&2; exit 1; }
     done
 }
 
 case "${1:-}" in
-    pair) pair "${2:?usage: $0 pair ROW ROW}" "${3:?usage: $0 pair ROW ROW}" ;;
+    all) all ;;
+    pair) pair "${@:2}" ;;
     run) run "${2:?usage: $0 run ROW}" ;;
     eval) evaluate "${@:2}" ;;
     table) $PY bench/arch_table.py --runs "$R" ;;
-    *) echo "usage: $0 pair ROW ROW|run ROW|eval [ROW...]|table" >&2; exit 2 ;;
+    *) echo "usage: $0 all|pair ROW [ROW]|run ROW|eval [ROW...]|table" >&2; exit 2 ;;
 esac

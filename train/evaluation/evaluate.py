@@ -1,6 +1,8 @@
 """Measure a checkpoint on held-out sets: given the first c images, generate the next ones.
 
     python -m train.evaluation.evaluate --checkpoint checkpoints/m2m-self-tiny --data open:heldout --contexts 1 2 4 8
+    python -m train.evaluation.evaluate --checkpoint checkpoints/m2m-self-tiny --data open:simple open:heldout \\
+        --contexts 4 --sets 64 --generate 2 --steps 15 --out runs/eval-self.json  # eval-self-{simple,heldout}.json
     python -m train.evaluation.evaluate --checkpoint checkpoints/m2m-self-tiny --data folders:examples/zero-shot \\
         --sets 9
 
@@ -168,9 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--data",
         "--source",
-        dest="source",
-        default="open:heldout",
-        help="open:heldout, open:hard, synth:heldout, folders:DIR or a shard directory/glob",
+        dest="sources",
+        nargs="+",
+        default=["open:heldout"],
+        help="open:heldout, open:simple, open:hard, synth:heldout, folders:DIR or a shard directory/glob; several "
+        "are scored one after another, each into its own JSON (--out's name + '-' + the source's last part)",
     )
     p.add_argument(
         "--metrics",
@@ -187,19 +191,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clip-model", default="openai/clip-vit-large-patch14")
     p.add_argument("--out", default=None, help="JSON results (default: runs/eval-<checkpoint>.json)")
     args = p.parse_args(argv)
-
-    kind = args.metrics or ("probes" if args.source.startswith("synth:") else "sets")
-    if kind == "sets" and args.sets > 16 and args.sets % 16:
+    kinds = {args.metrics or ("probes" if source.startswith("synth:") else "sets") for source in args.sources}
+    if "sets" in kinds and args.sets > 16 and args.sets % 16:
         p.error(f"--sets {args.sets}: set metrics score sets 16 at a time; give a multiple of 16 (or at most 16)")
     pipe = load_pipeline(args.checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    for source in args.sources:
+        out = Path(args.out or f"runs/eval-{Path(args.checkpoint).name}.json")
+        if len(args.sources) > 1:
+            out = out.with_name(f"{out.stem}-{source.rstrip('/').split(':')[-1].split('/')[-1]}{out.suffix}")
+        run_source(pipe, args, source, out)
+
+
+def run_source(pipe: M2MPipeline, args: argparse.Namespace, source: str, out: Path) -> None:
+    """Score `pipe` on one source as `args` say; print the table and write the JSON to `out`."""
+    kind = args.metrics or ("probes" if source.startswith("synth:") else "sets")
     if kind == "probes":
         score = functools.partial(probe_metrics, Probe.load(args.probes))
     else:
         score = functools.partial(set_scores, SetMetrics.load(args.embedder, min(16, args.sets)))
-    pipe.set_progress_bar_config(disable=True)
     length = max(args.contexts) + args.generate
-    sets = load_sets(args.source, args.sets, length, args.seed)
-    reference = [img for s in load_sets(args.source, args.sets, length, args.seed, offset=args.sets)
+    sets = load_sets(source, args.sets, length, args.seed)
+    reference = [img for s in load_sets(source, args.sets, length, args.seed, offset=args.sets)
                  for img in s["images"][: args.generate]]  # fmt: skip
     if args.paper_metrics:
         from train.evaluation.paper_metrics import PaperMetrics
@@ -208,10 +221,10 @@ def main(argv: list[str] | None = None) -> None:
         score = with_paper_metrics(score, paper, [s["meta"].get("caption", "") for s in sets])
     params = from_arguments(args)
     results = evaluate(pipe, score, sets, reference, args.contexts, args.generate, params)
-    print(table(results))
-    out = Path(args.out or f"runs/eval-{Path(args.checkpoint).name}.json")
+    print(f"{source}\n{table(results)}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "parameters": params.to_json(), "results": results}, indent=2))
+    saved_args = {**vars(args), "source": source}
+    out.write_text(json.dumps({"args": saved_args, "parameters": params.to_json(), "results": results}, indent=2))
     print(f"wrote {out}")
 
 
