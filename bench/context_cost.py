@@ -4,7 +4,8 @@
 (b) self      M2M-Self, context cache: each context image encoded once
 (c) self-nc   M2M-Self, context recomputed at every denoising step (the paper's way)
 (d) dino      M2M-DINO, context cache
-(e) self-ref  M2M-Self with reference attention to the most recent context images, context cache
+(e) self-ref  M2M-Self with reference attention to the most recent context images, context cache (and with
+              --recent-context-images, ISA's older images pooled to --older-context-tokens)
 
 A generated image's time covers its denoising loop and VAE decode and, for the cached modes,
 adding it to the cache (VAE encode + context pass) so that the set can go on. Encoding the given
@@ -52,6 +53,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--reference-images", type=int, default=2, help="self-ref: the images reference attention reads")
+    p.add_argument("--recent-context-images", type=int, default=None, help="self-ref: ISA's images in full")
+    p.add_argument("--older-context-tokens", type=int, default=16, help="self-ref: ISA's tokens of older images")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--json", default=None, help="also write the results here")
@@ -99,7 +102,9 @@ def build(preset: Preset, args, dtype) -> dict[str, object]:
     if "dino" in args.modes:
         pipes["dino"] = build_pipeline(preset, "dino", seed=0)
     if "self-ref" in args.modes:  # the same weights: reference attention adds none
-        pipes["self-ref"] = build_pipeline(preset.replace(reference_images=args.reference_images), "self", seed=0)
+        design = preset.replace(reference_images=args.reference_images, older_context_tokens=args.older_context_tokens,
+                                recent_context_images=args.recent_context_images)  # fmt: skip
+        pipes["self-ref"] = build_pipeline(design, "self", seed=0)
     if args.device != "cpu" or dtype != torch.float32:
         for pipe in pipes.values():
             pipe.to(args.device, dtype)
@@ -147,7 +152,16 @@ def run(args) -> dict:
     paired = {(m, c): [t / p for t, p in zip(times[m, c], times["plain", c], strict=True)] for m, c in times}
     ratios = {key: statistics.median(v) for key, v in paired.items()}
     latent = preset.unet["sample_size"]
-    return {"seconds": seconds, "ratios": ratios, "prefill": prefill, "resolution": res, "latent": latent}
+    return {"seconds": seconds, "ratios": ratios, "growth": growth(paired, args.contexts), "prefill": prefill,
+            "resolution": res, "latent": latent}  # fmt: skip
+
+
+def growth(paired: dict, contexts: list[int]) -> dict:
+    """(mode, c) -> how much a new image costs at c context images over its cost at the fewest (> 0): the median,
+    over repeats, of the two paired ratios' quotient, so that the plain UNet's drift between them cancels out."""
+    first = min((c for c in contexts if c > 0), default=None)
+    return {(m, c): statistics.median(a / b for a, b in zip(v, paired[m, first], strict=True))
+            for (m, c), v in paired.items() if first is not None and c > 0 and m != "plain"}  # fmt: skip
 
 
 def report(args, out: dict) -> str:
@@ -164,6 +178,14 @@ def report(args, out: dict) -> str:
         for c in contexts:
             cells.append(f"{sec[mode, c]:.3f} ({out['ratios'][mode, c]:.2f}×)")
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    first = min((c for c in contexts if c > 0), default=None)
+    if out["growth"]:
+        lines += ["", f"growth: a new image's cost at c context images over its cost at {first} (paired, median)", ""]
+        lines += ["| mode | " + " | ".join(f"{c} ctx" for c in contexts if c > 0) + " |",
+                  "|---|" + "---|" * sum(c > 0 for c in contexts)]  # fmt: skip
+        for mode in args.modes[1:]:
+            cells = [f"{out['growth'][mode, c]:.3f}×" for c in contexts if c > 0]
+            lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     if out["prefill"]:
         lines.append("")
         lines.append("prefill (one-off encoding of the given context, s): " + ", ".join(
@@ -180,7 +202,8 @@ def main() -> None:
     out = run(args)
     print(report(args, out))
     if args.json:
-        flat = {f"{m}@{c}": {"seconds": v, "ratio": out["ratios"][m, c]} for (m, c), v in out["seconds"].items()}
+        flat = {f"{m}@{c}": {"seconds": v, "ratio": out["ratios"][m, c], "growth": out["growth"].get((m, c))}
+                for (m, c), v in out["seconds"].items()}  # fmt: skip
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "per_image": flat}, f, indent=2)
 

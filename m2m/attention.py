@@ -67,6 +67,17 @@ def pool_tokens(hidden: Tensor, max_tokens: int | None) -> Tensor:
     return F.adaptive_avg_pool2d(spatial, grid).flatten(2).transpose(1, 2)  # (N, grid², C)
 
 
+def coarsen(kv: Tensor, max_tokens: int) -> Tensor:
+    """Pool context K/V (N, L, inner) of older images harder: a square map, or one after a leading token (DINO's CLS).
+
+    K/V are linear in the tokens (no bias), so this equals pooling the tokens before their projection.
+    """
+    side = math.isqrt(kv.shape[1] - 1)
+    if side * side == kv.shape[1] - 1:  # CLS + patches: the CLS token stays
+        return torch.cat([kv[:, :1], pool_tokens(kv[:, 1:], max_tokens)], 1)
+    return pool_tokens(kv, max_tokens)
+
+
 class IsaLayer(nn.Module):
     """ISA weights of one transformer block: null tokens and, for M2M-Self, context K/V projections."""
 
@@ -108,6 +119,8 @@ class ImageSetAttention(ModelMixin, ConfigMixin):
         image_encoder_dim: int | None = None,
         image_encoder_size: int = 224,
         reference_images: int = 0,
+        recent_context_images: int | None = None,
+        older_context_tokens: int = 16,
     ):
         super().__init__()
         if variant not in VARIANTS:
@@ -295,11 +308,14 @@ class SetContext:
     M2M-Self: the UNet batch is [clean (B*K); noisy (B*K)], so the clean features of every
     layer are at hand when the noisy images need them, all in one UNet call.
     M2M-DINO: the batch is noisy (B*K) alone and `tokens` (B*K, L, D) are the projected DINO tokens.
-    `sees_context` (B, K) False = context dropout for that image (null only).
+    `sees_context` (B, K) False = context dropout for that image (null only). With `recent`, image i sees
+    images more than `recent` before it pooled to `older_tokens` (as the cache does at inference).
     """
 
-    def __init__(self, sees_context: Tensor, tokens: Tensor | None = None):
+    def __init__(self, sees_context: Tensor, tokens: Tensor | None = None, recent: int | None = None,
+                 older_tokens: int = 16):  # fmt: skip
         self.sees, self.tokens = sees_context, tokens
+        self.recent, self.older_tokens = recent, older_tokens  # ImageSetAttention's recent / older context
 
     def attend(self, layer: IsaLayer, attn: Attention, hidden: Tensor) -> Tensor:
         b, k = self.sees.shape
@@ -312,11 +328,24 @@ class SetContext:
             ck, cv = layer.project(attn, self.tokens)
         t, length = noisy.shape[1], ck.shape[1]
         nk, nv = (x.expand(b, -1, -1) for x in layer.null_kv(attn))  # (B, n0, inner)
-        keys = torch.cat([nk, ck.reshape(b, k * length, -1)], 1)  # (B, n0 + K*L, inner)
-        values = torch.cat([nv, cv.reshape(b, k * length, -1)], 1)
+        keys, values = [nk, ck.reshape(b, k * length, -1)], [nv, cv.reshape(b, k * length, -1)]  # (B, K*L, inner)
         mask = self.mask(t, length, nk.shape[1])  # (B, K*T, n0 + K*L)
-        out = attend(attn, noisy.reshape(b, k * t, -1), keys, values, mask)  # (B, K*T, C)
-        return torch.cat([out_clean, out.reshape(b * k, t, -1)])
+        if self.recent is not None:  # every image also coarser, for the images more than `recent` after it
+            ok, ov = coarsen(ck, self.older_tokens), coarsen(cv, self.older_tokens)  # (B*K, L', inner)
+            keys, values = [*keys, ok.reshape(b, -1, ok.shape[2])], [*values, ov.reshape(b, -1, ov.shape[2])]
+            mask = self.with_older(mask, t, length, ok.shape[1])  # (B, K*T, n0 + K*L + K*L')
+        out = attend(attn, noisy.reshape(b, k * t, -1), torch.cat(keys, 1), torch.cat(values, 1), mask)
+        return torch.cat([out_clean, out.reshape(b * k, t, -1)])  # (B*K*2 | B*K, T, C)
+
+    def with_older(self, mask: Tensor, t: int, length: int, coarse: int) -> Tensor:
+        """Image i sees image j < i in full when i - j <= recent, else coarsened: (B, K*T, n0 + K*L + K*L')."""
+        k = self.sees.shape[1]
+        img_q = torch.arange(k, device=mask.device).repeat_interleave(t)  # (K*T,)
+        gap = img_q[:, None] - torch.arange(k, device=mask.device)[None]  # (K*T, K): i - j
+        n0 = mask.shape[2] - k * length
+        full = mask[:, :, n0:] & (gap <= self.recent).repeat_interleave(length, 1)[None]  # (B, K*T, K*L)
+        older = (gap > self.recent).repeat_interleave(coarse, 1)[None] & self.sees[:, img_q, None]  # (B, K*T, K*L')
+        return torch.cat([mask[:, :, :n0], full, older], 2)
 
     def reference(self, name: str, window: int, attn: Attention, hidden: Tensor) -> Tensor:
         """Noisy image i attends to itself and to clean images i-1 .. i-window (the same layer, unpooled)."""

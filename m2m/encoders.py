@@ -28,6 +28,7 @@ from m2m.attention import (
     ImageSetAttention,
     RecordContext,
     SetContext,
+    coarsen,
     cross_attentions,
     isa_modules,
 )
@@ -80,12 +81,12 @@ class ContextEncoder(ABC):
     @torch.no_grad()
     def cache(self, pipe: M2MPipeline, images: list[Image.Image], cache: ContextCache | None = None) -> ContextCache:
         """Prepared images -> their K/V appended to `cache` (a new one if None), each image encoded once."""
-        cache = ContextCache(pipe.isa.config.reference_images) if cache is None else cache
+        cache = ContextCache.for_isa(pipe.isa) if cache is None else cache
         return self.cache_inputs(pipe, self.inputs(pipe, images), cache) if images else cache
 
     @torch.no_grad()
     def cache_inputs(self, parts: Parts, inputs: Tensor, cache: ContextCache | None = None) -> ContextCache:
-        cache = ContextCache(parts.isa.config.reference_images) if cache is None else cache
+        cache = ContextCache.for_isa(parts.isa) if cache is None else cache
         for batch in inputs.split(ENCODE_BATCH):
             cache.extend(self.encode(parts, batch))
         return cache
@@ -112,7 +113,7 @@ class SelfEncoder(ContextEncoder):
         """One batch [clean at t=0; noisy]: the clean half feeds ISA layer by layer."""
         sample = torch.cat([x0, xt])  # (2*B*K, 4, h, w)
         t = torch.cat([torch.full_like(timesteps, CONTEXT_TIMESTEP), timesteps])
-        return sample, t, SetContext(sees_context)
+        return sample, t, set_context(parts.isa, sees_context)
 
     def unused_parameters(self, parts: Parts) -> list[nn.Parameter]:
         """The text K/V projections of every cross-attention: ISA layers bring their own."""
@@ -138,7 +139,13 @@ class DinoEncoder(ContextEncoder):
         if pixels is None:
             raise ValueError("M2M-DINO training needs the images' pixels (B, K, 3, H, W)")
         tokens = dino_tokens(parts.image_encoder, parts.isa, pixels.flatten(0, 1))  # (B*K, 1 + P, D)
-        return xt, timesteps, SetContext(sees_context, tokens)
+        return xt, timesteps, set_context(parts.isa, sees_context, tokens)
+
+
+def set_context(isa: ImageSetAttention, sees_context: Tensor, tokens: Tensor | None = None) -> SetContext:
+    """Teacher forcing's context, with the model's pooling of older images."""
+    cfg = isa.config
+    return SetContext(sees_context, tokens, cfg.recent_context_images, cfg.older_context_tokens)
 
 
 ENCODERS: dict[str, type[ContextEncoder]] = {"self": SelfEncoder, "dino": DinoEncoder}  # keys: VARIANTS
@@ -177,9 +184,15 @@ def dino_inputs(pixels: Tensor, size: int) -> Tensor:
 class ContextCache:
     """Per-layer K/V of each context image, kept in set order; it belongs to one generation call."""
 
-    def __init__(self, reference_images: int = 0):
+    def __init__(self, reference_images: int = 0, recent_images: int | None = None, older_tokens: int = 16):
         self.images: list[dict[str, KV]] = []
-        self.reference_images = reference_images  # the model's (ImageSetAttention.config)
+        self.reference_images = reference_images  # the model's (ImageSetAttention.config): what reference reads,
+        self.recent_images, self.older_tokens = recent_images, older_tokens  # and which images ISA sees coarser
+
+    @classmethod
+    def for_isa(cls, isa: ImageSetAttention) -> ContextCache:
+        cfg = isa.config
+        return cls(cfg.reference_images, cfg.recent_context_images, cfg.older_context_tokens)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -193,15 +206,22 @@ class ContextCache:
     def context(self, indices: list[int], n_cond: int | None = None) -> CachedContext:
         """One `CachedContext` over the chosen images, concatenated once for all denoising steps.
 
-        ISA layers see every chosen image; reference attention (self-attention layers) the last `reference_images`.
+        ISA layers see every chosen image, those before the last `recent_images` coarsened; reference attention
+        (self-attention layers) reads the last `reference_images`.
         """
-        recent = indices[-self.reference_images :] if self.reference_images else []
-        kv = {
-            name: tuple(torch.cat([self.images[i][name][j] for i in (recent if is_reference(name) else indices)], 1)
-                        for j in (0, 1))  # (1, ΣL, inner)
-            for name in self.images[indices[0]]
-        }  # fmt: skip
+        kv = {name: self.layer_kv(name, indices) for name in self.images[indices[0]]}
         return CachedContext(kv, n_cond)
+
+    def layer_kv(self, name: str, indices: list[int]) -> KV:
+        """One layer's K/V over the chosen images: (1, ΣL, inner) each."""
+        if is_reference(name):
+            chosen = indices[-self.reference_images :] if self.reference_images else []
+            return tuple(torch.cat([self.images[i][name][j] for i in chosen], 1) for j in (0, 1))
+        recent = len(indices) if self.recent_images is None else self.recent_images
+        older = indices[: max(len(indices) - recent, 0)]
+        parts = [[coarsen(self.images[i][name][j], self.older_tokens) if i in older else self.images[i][name][j]
+                  for i in indices] for j in (0, 1)]  # fmt: skip
+        return torch.cat(parts[0], 1), torch.cat(parts[1], 1)
 
 
 def is_reference(name: str) -> bool:

@@ -34,6 +34,8 @@ class Preset:
     num_null_tokens: int = 4
     max_context_tokens: int | None = 64  # M2M-Self: context tokens per image and layer (pooled above)
     reference_images: int = 0  # M2M-Self: reference attention to this many recent context images (0: the paper's)
+    recent_context_images: int | None = None  # ISA sees images before the last N at `older_context_tokens` (None: all
+    older_context_tokens: int = 16  # at max_context_tokens, the paper's): a flat cost per image as the set grows
     hub_id: str | None = None  # Stable Diffusion weights
     image_encoder_hub_id: str | None = None
     vae_colour_path: bool = False  # ColourAutoencoderKL: a tiny autoencoder that keeps colour (m2m/autoencoder.py)
@@ -123,6 +125,8 @@ def build_isa(preset: Preset, unet: UNet2DConditionModel, variant: str) -> Image
         image_encoder_dim=preset.image_encoder["hidden_size"] if needs_image_encoder(variant) else None,
         image_encoder_size=preset.image_encoder_size,
         reference_images=preset.reference_images,
+        recent_context_images=preset.recent_context_images,
+        older_context_tokens=preset.older_context_tokens,
     )
 
 

@@ -40,11 +40,16 @@ def micro() -> Preset:
     return MICRO
 
 
-@pytest.fixture(scope="session", params=["self", "dino", "self+reference"])
+FLAT = dict(recent_context_images=1, older_context_tokens=4)  # images before the last one: 2x2 tokens (DINO: + CLS)
+
+
+@pytest.fixture(scope="session", params=["self", "dino", "self+reference", "dino+flat"])
 def pipe(request):
-    """Each variant, and M2M-Self with reference attention to its 2 most recent context images."""
-    variant, _, reference = request.param.partition("+")
-    return build_pipeline(MICRO.replace(reference_images=2 if reference else 0), variant, seed=0)
+    """Each variant as the paper has it; M2M-Self with reference attention to its 2 most recent context images and
+    older images pooled harder; M2M-DINO with older images pooled harder."""
+    variant, _, extra = request.param.partition("+")
+    preset = {"": MICRO, "reference": MICRO.replace(reference_images=2, **FLAT), "flat": MICRO.replace(**FLAT)}[extra]
+    return build_pipeline(preset, variant, seed=0)
 
 
 @pytest.fixture(scope="session")

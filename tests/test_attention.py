@@ -222,3 +222,20 @@ def test_reference_attention_adds_no_weight_and_reads_the_window(micro):
     assert (a[:, 1:] - b[:, 1:]).abs().amax() > 1e-4
     with pytest.raises(ValueError, match="M2M-DINO has none"):
         build_pipeline(micro.replace(reference_images=2), "dino")
+
+
+def test_older_images_cost_fewer_keys_and_reference_reads_only_its_window(micro):
+    """With recent_context_images=1 and 4 older tokens, image 7 attends to 16 + 5 x 4 ISA keys at the 8x8 level
+    (not 6 x 16), and reference attention to the last 2 images' 64 tokens each, however long the set."""
+    from conftest import FLAT
+
+    from m2m.presets import build_pipeline
+
+    pipe = build_pipeline(micro.replace(reference_images=2, **FLAT), "self")
+    cache = ContextCache.for_isa(pipe.isa)
+    context_encoder(pipe.isa).cache_inputs(pipe, torch.randn(6, 4, 8, 8), cache)
+    kv = cache.context(list(range(6))).kv
+    isa_fine = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"  # the 8x8 level: pooled to 16 tokens
+    assert kv[isa_fine][0].shape[1] == 16 + 5 * 4
+    assert kv[isa_fine.replace("attn2", "attn1")][0].shape[1] == 2 * 64
+    assert cache.context([0]).kv[isa_fine][0].shape[1] == 16

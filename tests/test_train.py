@@ -133,7 +133,8 @@ def test_a_budget_counts_training_time_over_every_resume(start, tmp_path):
 
 def test_a_fine_tune_may_turn_reference_attention_on(start, tmp_path):
     """--init with --reference-images: M2M-Self trains and exports it (no new weight); M2M-DINO refuses it."""
-    cmd = args(start, tmp_path / "run", 1, "--reference-images", "2", "--mixed-precision", "no")
+    cmd = args(start, tmp_path / "run", 1, "--reference-images", "2", "--mixed-precision", "no",
+               "--recent-context-images", "2", "--older-context-tokens", "4")  # fmt: skip
     if (start / "image_encoder").exists():
         with pytest.raises(ValueError, match="M2M-DINO has none"):
             train(parse_args(cmd))
@@ -141,6 +142,7 @@ def test_a_fine_tune_may_turn_reference_attention_on(start, tmp_path):
     train(parse_args(cmd))
     before, after = load_pipeline(start), load_pipeline(tmp_path / "run" / "pipeline")
     assert (before.isa.config.reference_images, after.isa.config.reference_images) == (0, 2)
+    assert (after.isa.config.recent_context_images, after.isa.config.older_context_tokens) == (2, 4)
     assert set(before.unet.state_dict()) == set(after.unet.state_dict())
     assert set(before.isa.state_dict()) == set(after.isa.state_dict())
 
@@ -148,10 +150,12 @@ def test_a_fine_tune_may_turn_reference_attention_on(start, tmp_path):
 def test_architecture_flags_shape_a_new_model_and_are_refused_on_init(start):
     from train.training.m2m import new_model_preset
 
-    cfg = parse_args(["--unet-width", "0.5", "--reference-images", "1", "--image-encoder-size", "256"])
+    cfg = parse_args(["--unet-width", "0.5", "--reference-images", "1", "--image-encoder-size", "256",
+                      "--recent-context-images", "4"])  # fmt: skip
     preset = new_model_preset(cfg)
     assert preset.unet["block_out_channels"] == (32, 64, 64)  # the tiny preset's (64, 128, 128), halved
     assert (preset.reference_images, preset.image_encoder_size) == (1, 256)
+    assert (preset.recent_context_images, preset.older_context_tokens) == (4, 16)
     with pytest.raises(ValueError, match="fewer channels"):
         new_model_preset(parse_args(["--unet-width", "0.1"]))
     with pytest.raises(ValueError, match="shape a new model"):

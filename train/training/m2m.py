@@ -72,6 +72,8 @@ class TrainConfig:
     image_encoder: str | None = None  # tiny M2M-DINO: a pretrained Dinov2Model folder (train/training/encoder.py)
     context_tokens: int | None = None  # M2M-Self: context tokens per image and ISA layer (default: preset's, --init's)
     reference_images: int | None = None  # M2M-Self: reference attention to this many recent images (0: the paper's)
+    recent_context_images: int | None = None  # ISA: images before the last N pooled to --older-context-tokens
+    older_context_tokens: int | None = None  # (the cost of a new image stays flat as the set grows)
     unet_width: float = 1.0  # a new model: the preset's UNet channels times this (0.5: the half-width UNet)
     image_encoder_size: int | None = None  # a new M2M-DINO: the encoder's input size (larger: more context tokens)
     steps: int = 3000
@@ -184,6 +186,7 @@ def build_start(cfg: TrainConfig) -> M2MPipeline:
             pipe.isa.set_context_tokens(cfg.context_tokens)
         if cfg.reference_images is not None:  # nor has reference attention: it reads the UNet's own self-attention
             pipe.set_reference_images(cfg.reference_images)
+        pipe.isa.register_to_config(**older_context(cfg))
         return pipe
     preset = new_model_preset(cfg)
     if preset.hub_id is not None:
@@ -211,9 +214,16 @@ def new_model_preset(cfg: TrainConfig) -> Preset:
         changes["reference_images"] = cfg.reference_images
     if cfg.image_encoder_size is not None:
         changes["image_encoder_size"] = cfg.image_encoder_size
+    changes.update(older_context(cfg))
     if cfg.unet_width != 1.0:
         changes["unet"] = {**preset.unet, "block_out_channels": scaled_channels(preset, cfg.unet_width)}
     return preset.replace(**changes)
+
+
+def older_context(cfg: TrainConfig) -> dict:
+    """The ISA pooling of older context images that the flags ask for (no weight depends on it)."""
+    asked = {"recent_context_images": cfg.recent_context_images, "older_context_tokens": cfg.older_context_tokens}
+    return {key: value for key, value in asked.items() if value is not None}
 
 
 def scaled_channels(preset: Preset, width: float) -> tuple[int, ...]:
