@@ -42,16 +42,19 @@ def test_procedures_have_six_families_4_to_8_ordered_steps():
     assert not np.array_equal(np.asarray(held[-1]), np.asarray(procedures.render("train", 0)[1][-1]))
 
 
-def test_task_metrics_copy_of_the_truth_scores_perfectly():
+def test_task_metrics_copy_of_the_truth_scores_perfectly_and_copying_the_last_image_scores_zero():
     import torch
 
     from train.evaluation.tasks import scores, summary
 
     steps = torch.rand(5, 3, 32, 32)
-    perfect = scores(steps[3:4], steps[3:4], steps, 3)
-    assert perfect["step_accuracy"] == 1.0 and perfect["ssim"] > 0.99 and perfect["mse"] == 0
-    wrong = scores(steps[2:3], steps[3:4], steps, 3)  # copying the last step: the wrong step
-    assert wrong["step_accuracy"] == 0.0 and wrong["mse"] > 0
+    perfect = scores(steps[3:4], steps, 3)
+    assert perfect["turn_accuracy"] == perfect["step_accuracy"] == 1.0 and perfect["ssim"] > 0.99
+    assert perfect["mse"] == 0
+    wrong = scores(steps[2:3], steps, 3)  # copying the last step: nearest to the wrong view, no nearer the next
+    assert wrong["turn_accuracy"] == wrong["step_accuracy"] == 0.0 and wrong["mse"] > 0
+    halfway = scores((steps[2:3] + 3 * steps[3:4]) / 4, steps, 3)  # on the way from the last step to the next
+    assert halfway["step_accuracy"] == 1.0
     both = summary([perfect, wrong])  # an exact copy among the rows keeps the PSNR finite
     assert both["psnr"] == pytest.approx(-10 * math.log10(wrong["mse"] / 2))
     assert summary([perfect])["psnr"] >= 99
@@ -65,5 +68,22 @@ def test_evaluate_tasks_runs_with_a_base_model(micro, tmp_path):
     results = tasks.main(["--task", "procedure", "--checkpoint", str(tmp_path / "m"), "--base",
                                    str(tmp_path / "m"), "--sequences", "2", "--ks", "1", "--steps", "2",
                                    "--out", str(tmp_path / "r.json")])  # fmt: skip
-    assert set(results[1]) == {"fine-tuned", "base", "copy-last"}
+    assert set(results[1]) == {"fine-tuned", "base", "copy-last", "truth"}
     assert results[1]["fine-tuned"] == results[1]["base"]  # the same weights give the same images
+    assert results[1]["copy-last"]["step_accuracy"] == 0.0
+    with pytest.raises(SystemExit):
+        tasks.main(["--all", "--task", "nvs"])
+
+
+def test_evaluate_tasks_all_scores_every_task_model_of_a_folder(micro, tmp_path):
+    from m2m.presets import build_pipeline
+    from train.evaluation import tasks
+
+    for v in ("self", "dino"):
+        pipe = build_pipeline(micro, v)
+        for task in ("nvs", "procedure"):
+            pipe.save_pretrained(tmp_path / f"m2m-{v}-tiny-{task}")
+    results = tasks.main(["--all", "--checkpoint-dir", str(tmp_path), "--sequences", "1", "--ks", "2", "--steps",
+                          "1", "--out", str(tmp_path / "all.json")])  # fmt: skip
+    assert set(results) == {"self-nvs", "self-procedure", "dino-nvs", "dino-procedure"}
+    assert all(set(r[2]) == {"fine-tuned", "copy-last", "truth"} for r in results.values())

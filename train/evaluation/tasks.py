@@ -1,17 +1,20 @@
-"""Measure the task models: novel view synthesis and visual procedure generation, against two baselines.
+"""Measure the task models: novel view synthesis and visual procedure generation, against copying the last image.
 
+    python -m train.evaluation.tasks --all                      # every task model in checkpoints/, one table each
     python -m train.evaluation.tasks --task nvs --checkpoint checkpoints/m2m-self-tiny-nvs \\
         --base checkpoints/m2m-self-tiny --ks 1 2 4
 
 Given the first k images of a held-out sequence (views in azimuth order, or procedure steps),
 each model generates image k+1, which is compared with the true image k+1:
 
-- NVS: PSNR (of the mean squared error over the sequences) and mean SSIM against the
-  ground-truth render of the next view.
-- Procedures: PSNR, SSIM, and step accuracy, the share of generated images that are closer
-  (by SSIM) to the true next step than to any other step of the same procedure.
+- both: PSNR (of the mean squared error over the sequences) and mean SSIM against the true next image;
+- NVS, **turn accuracy**: among all views of the same object (8 azimuths), the one the generated image is
+  nearest to (SSIM) is the true next view;
+- procedures, **step accuracy**: the generated image is nearer (SSIM) to the true next step than the last
+  given step is. Copying the last image scores 0 here by construction.
 
-Baselines side by side: `copy-last` (image k itself) and `base` (the general model, no fine-tune).
+Beside the models: `copy-last` (image k itself), `truth` (the true next image through the model's autoencoder:
+the ceiling a perfect diffusion model could reach) and, with --base, the general model without a fine-tune.
 Sources: nvs:heldout / procedure:heldout, or `folders:<dir>` with one folder of images per sequence.
 """
 
@@ -29,27 +32,37 @@ from tqdm import tqdm
 
 if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
     sys.path[0] = str(Path(__file__).resolve().parents[2])
+from m2m.attention import VARIANTS
 from m2m.images import to_model_size, to_tensor
-from m2m.loading import load_pipeline
+from m2m.loading import load_pipeline, task_checkpoint
+from m2m.pipeline import M2MPipeline
 from m2m.sampling import SamplingParams, add_arguments, from_arguments
 from train.data.loader import SetDataset
+from train.evaluation.evaluate import round_trip
 
 DEFAULT_SOURCE = {"nvs": "nvs:heldout", "procedure": "procedure:heldout"}
+ACCURACY = {"nvs": "turn_accuracy", "procedure": "step_accuracy"}  # the metric that says the task was done
 
 
 def to_unit(images) -> torch.Tensor:
     return (to_tensor([to_model_size(img, 128) for img in images]) + 1) / 2  # (N, 3, H, W) in [0, 1]
 
 
-def scores(pred: torch.Tensor, truth: torch.Tensor, steps: torch.Tensor, index: int) -> dict[str, float]:
-    """pred, truth (1, 3, H, W); steps (S, 3, H, W) every image of the sequence; index: truth's position."""
-    out = {
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(structural_similarity_index_measure(a, b, data_range=1.0))
+
+
+def scores(pred: torch.Tensor, steps: torch.Tensor, index: int) -> dict[str, float]:
+    """pred (1, 3, H, W); steps (S, 3, H, W) every image of the sequence; the truth is steps[index], the last given
+    image steps[index - 1]."""
+    truth, last = steps[index : index + 1], steps[index - 1 : index]
+    sims = torch.tensor([ssim(pred, s[None]) for s in steps])  # (S,)
+    return {
         "mse": float((pred - truth).pow(2).mean()),
-        "ssim": float(structural_similarity_index_measure(pred, truth, data_range=1.0)),
+        "ssim": float(sims[index]),
+        "turn_accuracy": float(int(sims.argmax()) == index),  # the nearest of all views is the true next one
+        "step_accuracy": float(sims[index] > ssim(last, truth)),  # nearer the next step than the last step is
     }
-    sims = torch.stack([structural_similarity_index_measure(pred, s[None], data_range=1.0) for s in steps])
-    out["step_accuracy"] = float(int(sims.argmax()) == index)
-    return out
 
 
 def sequences(source: str, n: int, min_length: int) -> list[list]:
@@ -58,19 +71,21 @@ def sequences(source: str, n: int, min_length: int) -> list[list]:
     return out[:n]
 
 
-def evaluate(models: dict, seqs: list[list], ks: list[int], params: SamplingParams) -> dict:
-    """{k: {group: mean metrics}} for every group (each model, and copy-last); sequence i: seed `params.seed + i`."""
-    results = {}
+def evaluate(models: dict[str, M2MPipeline], seqs: list[list], ks: list[int], params: SamplingParams) -> dict:
+    """{k: {group: mean metrics}}: each model, copy-last and the truth's round trip through the first model's
+    autoencoder; sequence i is sampled with seed `params.seed + i`."""
+    results, first = {}, next(iter(models.values()))
     for k in ks:
-        rows = {name: [] for name in [*models, "copy-last"]}
+        rows = {name: [] for name in [*models, "copy-last", "truth"]}
         for i, seq in enumerate(tqdm(seqs, desc=f"k={k}", leave=False)):
             if len(seq) <= k:
                 continue
             unit = to_unit(seq)  # (S, 3, H, W)
             for name, pipe in models.items():
                 img = pipe(seq[:k], num_images=1, params=params.replace(seed=params.seed + i)).images[0]
-                rows[name].append(scores(to_unit([img]), unit[k : k + 1], unit, k))
-            rows["copy-last"].append(scores(unit[k - 1 : k], unit[k : k + 1], unit, k))
+                rows[name].append(scores(to_unit([img]), unit, k))
+            rows["copy-last"].append(scores(unit[k - 1 : k], unit, k))
+            rows["truth"].append(scores(to_unit(round_trip(first, [seq[k]])), unit, k))
         results[k] = {name: summary(rs) for name, rs in rows.items() if rs}
     return results
 
@@ -82,18 +97,34 @@ def summary(rows: list[dict]) -> dict[str, float]:
     return {"psnr": float(-10 * math.log10(max(means["mse"], 1e-10))), **means}
 
 
-def table(results: dict) -> str:
-    lines = ["| k | group | PSNR | SSIM | step accuracy |", "|---|---|---|---|---|"]
+def table(results: dict, task: str) -> str:
+    accuracy = ACCURACY[task]
+    lines = [f"| k | group | PSNR | SSIM | {accuracy.replace('_', ' ')} |", "|---|---|---|---|---|"]
     for k, groups in results.items():
         for name, m in groups.items():
-            lines.append(f"| {k} | {name} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['step_accuracy']:.3f} |")
+            lines.append(f"| {k} | {name} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m[accuracy]:.3f} |")
     return "\n".join(lines)
+
+
+def run(task: str, checkpoint: str | Path, base: str | None, args: argparse.Namespace) -> dict:
+    """One task model (and its baselines) on the task's held-out sequences: prints the table, returns the results."""
+    models = {"fine-tuned": load_pipeline(checkpoint)}
+    if base:
+        models["base"] = load_pipeline(base)
+    for pipe in models.values():
+        pipe.set_progress_bar_config(disable=True)
+    seqs = sequences(args.source or DEFAULT_SOURCE[task], args.sequences, min(args.ks) + 1)
+    results = evaluate(models, seqs, args.ks, from_arguments(args))
+    print(f"{task}: {checkpoint}\n{table(results, task)}")
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=sorted(DEFAULT_SOURCE), required=True)
-    p.add_argument("--checkpoint", required=True, help="the fine-tuned task model")
+    p.add_argument("--all", action="store_true", help="every task model in --checkpoint-dir, each beside copy-last")
+    p.add_argument("--checkpoint-dir", default="checkpoints")
+    p.add_argument("--task", choices=sorted(DEFAULT_SOURCE))
+    p.add_argument("--checkpoint", help="the fine-tuned task model")
     p.add_argument("--base", default=None, help="the general model (a baseline)")
     p.add_argument("--source", default=None, help="held-out sequences (default: the task's synthetic held-out split)")
     p.add_argument("--sequences", type=int, default=30)
@@ -101,19 +132,20 @@ def main(argv: list[str] | None = None) -> dict:
     add_arguments(p)  # --steps, --guidance, --seed, --scheduler, --max-context
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-
-    models = {"fine-tuned": load_pipeline(args.checkpoint)}
-    if args.base:
-        models["base"] = load_pipeline(args.base)
-    for pipe in models.values():
-        pipe.set_progress_bar_config(disable=True)
-    seqs = sequences(args.source or DEFAULT_SOURCE[args.task], args.sequences, min(args.ks) + 1)
-    params = from_arguments(args)
-    results = evaluate(models, seqs, args.ks, params)
-    print(table(results))
-    out = Path(args.out or f"runs/eval-{args.task}-{Path(args.checkpoint).name}.json")
+    if args.all == bool(args.task or args.checkpoint):
+        p.error("give --all, or --task and --checkpoint")
+    if not args.all and not (args.task and args.checkpoint):
+        p.error("--task and --checkpoint go together")
+    if args.all:
+        results = {f"{v}-{task}": run(task, task_checkpoint(args.checkpoint_dir, v, task), None, args)
+                   for v in VARIANTS for task in DEFAULT_SOURCE}  # fmt: skip
+        out = Path(args.out or "runs/eval-tasks.json")
+    else:
+        results = run(args.task, args.checkpoint, args.base, args)
+        out = Path(args.out or f"runs/eval-{args.task}-{Path(args.checkpoint).name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "parameters": params.to_json(), "results": results}, indent=2))
+    out.write_text(json.dumps({"args": vars(args), "parameters": from_arguments(args).to_json(), "results": results},
+                              indent=2))  # fmt: skip
     return results
 
 
