@@ -30,6 +30,7 @@ import math
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -524,14 +525,23 @@ class OpenBatches:
         return {"pixels": self.sets.batch(list(range(first, first + self.b)), k, self.device)}  # (B, K, 3, S, S)
 
     def iterate(self, start: int) -> Iterator[dict[str, Tensor]]:
-        if self.device.type != "cpu":
-            yield from map(self.batch, itertools.count(start))
-            return
+        """Batches start, start + 1, ...; each next one drawn and rendered in a thread while the current one trains
+        (on CUDA on a side stream, which the training stream waits for before it reads the batch)."""
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         with ThreadPoolExecutor(1) as pool:
-            ahead = pool.submit(self.batch, start)
+            ahead = pool.submit(self.batch_on, start, stream)
             for i in itertools.count(start + 1):
-                ready, ahead = ahead.result(), pool.submit(self.batch, i)
+                ready = ahead.result()
+                if stream is not None:
+                    current = torch.cuda.current_stream(self.device)
+                    current.wait_stream(stream)
+                    ready["pixels"].record_stream(current)  # its memory is freed after the step that reads it
+                ahead = pool.submit(self.batch_on, i, stream)
                 yield ready
+
+    def batch_on(self, i: int, stream) -> dict[str, Tensor]:
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            return self.batch(i)
 
 
 def main(argv: list[str] | None = None) -> None:
