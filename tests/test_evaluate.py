@@ -1,6 +1,8 @@
 """Evaluation: the metrics behave (truth near the ceiling, shuffled sets near chance), both code paths run."""
 
+import csv
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +135,27 @@ def test_learning_curve_reads_the_measured_points_and_draws_both_panels(tmp_path
     blue = (img[..., 2] > 150) & (img[..., 0] < 80)  # model A's colour
     columns = np.nonzero(blue.any(0))[0]
     assert columns.min() < PANEL_W and columns.max() > PANEL_W  # its series in both panels
+
+
+def test_the_ledger_adds_a_row_per_scored_export_and_draws_its_curve(tmp_path):
+    from train.evaluation import ledger
+
+    run = tmp_path / "run"
+    (run / "pipeline").mkdir(parents=True)
+    (run / "log.csv").write_text("step,loss,context_gain\n50,0.3,0.1\n100,0.2,0.2\n")
+    evals = []
+    for source, shape in (("open:simple", 0.5), ("open:heldout", 0.25)):
+        evals.append(tmp_path / f"{source[5:]}.json")
+        scores = {"colour_retrieval": 0.75, "shape_retrieval": shape}
+        evals[-1].write_text(json.dumps({"args": {"source": source}, "results": {"4": {"model": scores}}}))
+    book = tmp_path / "ledger.csv"
+    for images in (1000, 4000):
+        (run / "pipeline" / "m2m_training.json").write_text(json.dumps({"images_seen": images}))
+        ledger.main(["add", "--ledger", str(book), "--model", "self", "--checkpoint", str(run / "pipeline"),
+                     "--evals", *map(str, evals), "--log", str(run / "log.csv")])  # fmt: skip
+    rows = list(csv.DictReader(book.open()))
+    assert [r["images"] for r in rows] == ["1000", "4000"] and rows[0]["steps"] == "100"
+    assert rows[0]["simple_shape"] == "0.5" and rows[0]["heldout_shape"] == "0.25" and rows[0]["context_gain"] == "0.15"
+    assert ledger.points(book)["self, simple"] == [(1000.0, 0.75, 0.5), (4000.0, 0.75, 0.5)]
+    ledger.main(["plot", "--ledger", str(book), "--out", str(tmp_path / "curve.png")])
+    assert (tmp_path / "curve.png").stat().st_size > 1000

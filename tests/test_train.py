@@ -1,6 +1,7 @@
 """train/training/m2m.py on the micro preset: the whole loop, exact resume after kill -9, 2-process data parallel."""
 
 import csv
+import json
 import os
 import re
 import signal
@@ -59,6 +60,12 @@ def test_training_runs_logs_and_exports_a_loadable_pipeline(start, tmp_path):
     assert rows[1]["val_loss_context"] and rows[1]["val_loss_no_context"]  # the sign that the context is used
     with_context, without = float(rows[1]["val_loss_context"]), float(rows[1]["val_loss_no_context"])
     assert float(rows[1]["context_gain"]) == pytest.approx((without - with_context) / without, abs=1e-3)
+    record = json.loads((tmp_path / "pipeline" / "m2m_training.json").read_text())
+    assert record["images_seen"] == record["run_images"] == int(rows[-1]["images"]) >= 4 * 2 * 2  # 4 steps, 2 sets
+    again = train(parse_args(args(tmp_path / "pipeline", tmp_path / "on", 1, "--mixed-precision", "no")))
+    assert again["step"] == 1
+    on = json.loads((tmp_path / "on" / "pipeline" / "m2m_training.json").read_text())
+    assert on["images_seen"] == record["images_seen"] + on["run_images"]  # a fine-tune carries the count on
     assert (tmp_path / "samples" / "step-0000004.png").is_file()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
     pipe = load_pipeline(tmp_path / "pipeline")

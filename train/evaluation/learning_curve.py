@@ -80,14 +80,15 @@ class Panel:
             self.draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
 
 
-def plot(points: dict, ceilings: dict[str, float], bars: dict[str, float], chance: float) -> Image.Image:
+def plot(points: dict, ceilings: dict[str, float], bars: dict[str, float], chance: float,
+         source: str = "open:heldout") -> Image.Image:  # fmt: skip
     images = [i for p in points.values() for i, _, _ in p]
     lo, hi = 10 ** math.floor(math.log10(min(images))), 10 ** math.ceil(math.log10(max(images)) + 3)
     img = Image.new("RGB", (2 * PANEL_W + 3 * MARGIN, PANEL_H + 3 * MARGIN), "white")
     draw = ImageDraw.Draw(img)
     for k, metric in enumerate(("colour", "shape")):
         panel = Panel(draw, (MARGIN + k * (PANEL_W + MARGIN), MARGIN), lo, hi,
-                      f"{metric} retrieval among 16, open:heldout, c = 4 (x: training images)")  # fmt: skip
+                      f"{metric} retrieval among 16, {source}, c = 4 (x: training images)")  # fmt: skip
         panel.hline(bars[metric], f"bar {bars[metric]:.2f}", "black")
         panel.hline(ceilings[metric], f"autoencoder round trip {ceilings[metric]:.2f}", "gray", right=True)
         panel.hline(chance, "chance", "gray")

@@ -24,6 +24,7 @@ import argparse
 import copy
 import csv
 import dataclasses
+import json
 import shutil
 import sys
 import time
@@ -134,7 +135,8 @@ TRAIN_PRESETS = {
     ),
 }
 
-LOG_FIELDS = ["step", "loss", "lr", "images_per_s", "val_loss_context", "val_loss_no_context", "context_gain"]
+LOG_FIELDS = ["step", "loss", "lr", "images_per_s", "val_loss_context", "val_loss_no_context", "context_gain", "images"]
+RECORD = "m2m_training.json"  # in an exported pipeline: the images it has seen, over every run that led to it
 
 
 class Progress:
@@ -143,10 +145,11 @@ class Progress:
     def __init__(self, recipe: dict):
         self.step, self.epoch, self.batch_in_epoch, self.recipe = 0, 0, 0, recipe
         self.seconds = 0.0  # wall-clock spent training, over all resumes (the budget of an equal-time comparison)
+        self.images = 0  # images trained on in this run, over all resumes
 
     def state_dict(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "recipe": self.recipe,
-                "seconds": self.seconds}  # fmt: skip
+                "seconds": self.seconds, "images": self.images}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         saved = state.get("recipe", RECIPE_DEFAULTS)  # checkpoints from before the recipe flags used the defaults
@@ -155,6 +158,7 @@ class Progress:
                              "give the same flags, or a new --out")  # fmt: skip
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.seconds = state.get("seconds", 0.0)  # checkpoints from before the budget: unknown, counted from here
+        self.images = state.get("images", 0)
 
 
 RECIPE_FIELDS = ("timestep_sampler", "min_snr_gamma", "zero_terminal_snr")
@@ -281,15 +285,31 @@ def sample_grid(pipe: M2MPipeline, sets: torch.Tensor, path: Path) -> None:
     stack_rows(rows).save(path)
 
 
-def export(pipe: M2MPipeline, out: Path, cfg: TrainConfig) -> None:
-    """The model (the EMA's weights, or the raw ones) as a pipeline folder or a task adapter, written atomically."""
+def export(pipe: M2MPipeline, out: Path, cfg: TrainConfig, record: dict) -> None:
+    """The model (the EMA's weights, or the raw ones) as a pipeline folder or a task adapter, written atomically,
+    with `record` (what it was trained on) beside its weights."""
     if cfg.lora_rank:
         save_adapter(pipe, out, cfg.init, pipe.unet.peft_config["default"], cfg.task)
+        (out / RECORD).write_text(json.dumps(record, indent=2))
         return
     if cfg.export_fp16:  # a half-precision copy: the training modules stay as they are
         pipe = copy.deepcopy(pipe).to(torch.float16)
     with atomic_folder(out) as tmp:
         pipe.save_pretrained(tmp)
+        (Path(tmp) / RECORD).write_text(json.dumps(record, indent=2))
+
+
+def prior_images(cfg: TrainConfig) -> int:
+    """The images the --init model had seen (its record; 0 for a new model or one without a record)."""
+    path = Path(cfg.init or "") / RECORD
+    return json.loads(path.read_text())["images_seen"] if cfg.init and path.is_file() else 0
+
+
+def training_record(run: Run) -> dict:
+    """What an export says of its training: images seen in all (the --init's, then this run's), steps, time."""
+    return {"images_seen": prior_images(run.cfg) + run.progress.images, "run_images": run.progress.images,
+            "run_steps": run.progress.step, "run_training_minutes": round(run.progress.seconds / 60, 2),
+            "init": run.cfg.init, "data": run.cfg.data}  # fmt: skip
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -513,6 +533,7 @@ def train(cfg: TrainConfig) -> dict:
         tick = time.monotonic()
         loss, n = train_step(run, batch)
         run.progress.seconds += time.monotonic() - tick
+        run.progress.images += n
         images += n
         bar.update()
         last = step_end(run, loss, images, started)
@@ -550,7 +571,8 @@ def step_end(run: Run, loss: torch.Tensor, images: int, started: float) -> dict:
     if step % cfg.log_every == 0 or step == 1:
         loss = accelerator.reduce(loss.detach(), "mean").item()
         row = {"step": step, "loss": round(loss, 6), "lr": run.sched.get_last_lr()[0],
-               "images_per_s": round(images / max(time.monotonic() - started, 1e-9), 2)}  # fmt: skip
+               "images_per_s": round(images / max(time.monotonic() - started, 1e-9), 2),
+               "images": run.progress.images}  # fmt: skip
     if run.val is not None and (step % cfg.val_every == 0 or step == 1):
         row["step"] = step
         with_context, without = run.val(run.model)
@@ -577,10 +599,11 @@ def context_gain(with_context: float, without: float) -> float:
 def finish_checkpoint(run: Run, step: int) -> None:
     save_checkpoint(run.accelerator, run.out, step, run.cfg.keep_checkpoints)
     if run.accelerator.is_main_process:
+        record = training_record(run)
         with ema_weights(run.ema, run.params):
-            export(run.pipe, run.out / "pipeline", run.cfg)
+            export(run.pipe, run.out / "pipeline", run.cfg, record)
         if run.cfg.export_raw:
-            export(run.pipe, run.out / "pipeline-raw", run.cfg)
+            export(run.pipe, run.out / "pipeline-raw", run.cfg, record)
     run.accelerator.wait_for_everyone()
 
 
