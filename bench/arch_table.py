@@ -5,7 +5,8 @@
 Every row trained from scratch for the same minutes of one core (training steps only, over all resumes). Columns:
 - steps (images): how far the minutes took it (8 sets a step, K uniform in 2..6: about 32 images a step);
 - context gain: the held-out loss without context minus with, as a share of the loss without (train/training/m2m.py),
-  the mean of the run's last three validations (one validation is a fixed batch of 16 sets: noisy);
+  the mean of the run's last three validations (one validation is a fixed batch of 16 sets: noisy); then the same
+  up to the last step every row reached, where rows compare at equal images whatever their speed;
 - `open:simple` and `open:heldout` colour and shape retrieval among 16 (c = 4), each with its binomial standard error;
 - the floor (no context) and the ceiling (the autoencoder's round trip) of `open:heldout` shape.
 """
@@ -36,15 +37,22 @@ ROWS = {  # row -> what it changes (scripts/arch_cpu.sh)
 SOURCES = ("simple", "heldout")
 
 
-def context_gain(folder: Path, last: int = 3) -> tuple[int | None, float | None]:
-    """The run's last step and the mean context gain of its last `last` validations."""
+def gains(folder: Path) -> dict[int, float]:
+    """{step: context gain} of every validation the run logged."""
+    if not (folder / "log.csv").exists():
+        return {}
+    with (folder / "log.csv").open() as f:
+        return {int(r["step"]): float(r["context_gain"]) for r in csv.DictReader(f) if r.get("context_gain")}
+
+
+def context_gain(folder: Path, last: int = 3, upto: int | None = None) -> tuple[int | None, float | None]:
+    """The run's last step and the mean context gain of its last `last` validations (up to step `upto`)."""
     if not (folder / "log.csv").exists():
         return None, None
     with (folder / "log.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    gains = [float(r["context_gain"]) for r in rows if r.get("context_gain")]
-    step = max((int(r["step"]) for r in rows), default=None)
-    return step, (sum(gains[-last:]) / len(gains[-last:]) if gains else None)
+        step = max((int(r["step"]) for r in csv.DictReader(f)), default=None)
+    logged = [g for s, g in sorted(gains(folder).items()) if upto is None or s <= upto]
+    return step, (sum(logged[-last:]) / len(logged[-last:]) if logged else None)
 
 
 def scores(runs: Path, name: str, source: str) -> dict | None:
@@ -56,10 +64,11 @@ def scores(runs: Path, name: str, source: str) -> dict | None:
     return {**groups, "n": saved["args"]["sets"] * saved["args"]["generate"]}
 
 
-def row(runs: Path, name: str) -> str | None:
+def row(runs: Path, name: str, common: int | None) -> str | None:
     step, gain = context_gain(runs / name)
     if step is None:
         return None
+    at_common = context_gain(runs / name, upto=common)[1] if common else None
     cells = []
     for source in SOURCES:
         s = scores(runs, name, source)
@@ -68,16 +77,19 @@ def row(runs: Path, name: str) -> str | None:
     held = scores(runs, name, "heldout")
     floor, ceiling = (held["no-context"], held["round-trip"]) if held else ({}, {})
     bounds = f"{floor['shape_retrieval']:.3f} / {ceiling['shape_retrieval']:.3f}" if held else "—"
-    gain_cell = f"{100 * gain:.1f} %" if gain is not None else "—"
-    return (f"| `{name}` | {ROWS.get(name, '')} | {step} (≈{step * 32 / 1000:.1f}k) | {gain_cell} | "
-            + " | ".join(cells) + f" | {bounds} |")  # fmt: skip
+    gain_cells = [f"{100 * g:.1f} %" if g is not None else "—" for g in (gain, at_common)]
+    return (f"| `{name}` | {ROWS.get(name, '')} | {step} (≈{step * 32 / 1000:.1f}k) | " + " | ".join(gain_cells)
+            + " | " + " | ".join(cells) + f" | {bounds} |")  # fmt: skip
 
 
 def table(runs: Path) -> str:
     names = list(dict.fromkeys([*ROWS, *sorted(p.name for p in runs.iterdir() if (p / "log.csv").exists())]))
-    head = ["| row | change | steps (images) | context gain | simple colour | simple shape | heldout colour "
-            "| heldout shape | heldout shape floor / ceiling |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    return "\n".join(head + [r for r in (row(runs, n) for n in names) if r is not None])
+    logged = [set(gains(runs / n)) for n in names if gains(runs / n)]
+    common = max(set.intersection(*logged), default=None) if logged else None  # where every row compares
+    head = [f"| row | change | steps (images) | context gain | context gain at step {common} | simple colour "
+            "| simple shape | heldout colour | heldout shape | heldout shape floor / ceiling |",
+            "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    return "\n".join(head + [r for r in (row(runs, n, common) for n in names) if r is not None])
 
 
 def main(argv: list[str] | None = None) -> None:
