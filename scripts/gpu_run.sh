@@ -17,8 +17,7 @@ DRY=${2:-}
 [ -z "$DRY" ] || [ "$DRY" = --dry-run ] || { echo "usage: $0 OUT_DIR [--dry-run]" >&2; exit 2; }
 PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 SPRITES=${SPRITES:-data/sprites.npz}
-SELF_DESIGN=${SELF_DESIGN:-}  # the architecture table's choice for M2M-Self (docs/open-sets.md §9), e.g. --reference-images 2
-DINO_DESIGN=${DINO_DESIGN:-}
+source scripts/design.sh  # SELF_DESIGN, DINO_DESIGN: the architecture table's choice (docs/open-sets.md §9)
 START=$(date +%s)
 if [ -z "$DRY" ]; then
     DEVICE=cuda TOTAL_MIN=${TOTAL_MIN:-9} BENCH_S=30 COST_S=60 BATCH=${BATCH:-256} K=4 PRECISION=bf16

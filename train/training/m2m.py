@@ -146,10 +146,11 @@ class Progress:
         self.step, self.epoch, self.batch_in_epoch, self.recipe = 0, 0, 0, recipe
         self.seconds = 0.0  # wall-clock spent training, over all resumes (the budget of an equal-time comparison)
         self.images = 0  # images trained on in this run, over all resumes
+        self.prior_images = 0  # images the --init model had seen when the run started (fixed by its first start)
 
     def state_dict(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "recipe": self.recipe,
-                "seconds": self.seconds, "images": self.images}  # fmt: skip
+                "seconds": self.seconds, "images": self.images, "prior_images": self.prior_images}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         saved = state.get("recipe", RECIPE_DEFAULTS)  # checkpoints from before the recipe flags used the defaults
@@ -159,6 +160,7 @@ class Progress:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.seconds = state.get("seconds", 0.0)  # checkpoints from before the budget: unknown, counted from here
         self.images = state.get("images", 0)
+        self.prior_images = state.get("prior_images", self.prior_images)
 
 
 RECIPE_FIELDS = ("timestep_sampler", "min_snr_gamma", "zero_terminal_snr")
@@ -307,7 +309,7 @@ def prior_images(cfg: TrainConfig) -> int:
 
 def training_record(run: Run) -> dict:
     """What an export says of its training: images seen in all (the --init's, then this run's), steps, time."""
-    return {"images_seen": prior_images(run.cfg) + run.progress.images, "run_images": run.progress.images,
+    return {"images_seen": run.progress.prior_images + run.progress.images, "run_images": run.progress.images,
             "run_steps": run.progress.step, "run_training_minutes": round(run.progress.seconds / 60, 2),
             "init": run.cfg.init, "data": run.cfg.data}  # fmt: skip
 
@@ -437,6 +439,7 @@ def start_run(cfg: TrainConfig) -> Run:
     sched = get_cosine_schedule_with_warmup(opt, cfg.warmup * n, cfg.steps * n)
     model, opt, sched = accelerator.prepare(model, opt, sched)
     progress = Progress(recipe_of(cfg))
+    progress.prior_images = prior_images(cfg)  # a resume takes the checkpoint's: the --init may have moved on since
     accelerator.register_for_checkpointing(ema, progress)
     vae = pipe.vae.to(accelerator.device).requires_grad_(False).eval()
     if pipe.image_encoder is not None:
