@@ -3,7 +3,8 @@
     python bench/arch_table.py --runs runs/arch
 
 Every row trained from scratch for the same minutes of one core (training steps only, over all resumes). Columns:
-- steps (images): how far the minutes took it (8 sets a step, K uniform in 2..6: about 32 images a step);
+- steps (images): how far the minutes took it (8 sets a step, K uniform in 2..6: about 32 images a step; the log's
+  count where it has one);
 - context gain: the held-out loss without context minus with, as a share of the loss without (train/training/m2m.py),
   the mean of the run's last three validations (one validation is a fixed batch of 16 sets: noisy); then the same
   up to the last step every row reached, where rows compare at equal images whatever their speed;
@@ -14,7 +15,6 @@ Every row trained from scratch for the same minutes of one core (training steps 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -22,6 +22,7 @@ from pathlib import Path
 if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 from bench.recipe_table import cell
+from train.evaluation.run_log import context_gain, gains, images_seen
 
 ROWS = {  # row -> what it changes (scripts/arch_cpu.sh)
     "base": "today's recipe: ISA in attn2, 64 pooled context tokens, lr 5e-4",
@@ -35,24 +36,6 @@ ROWS = {  # row -> what it changes (scripts/arch_cpu.sh)
     "dino-fine": "M2M-DINO, encoder input 256 px: 16×16 patches + CLS",
 }
 SOURCES = ("simple", "heldout")
-
-
-def gains(folder: Path) -> dict[int, float]:
-    """{step: context gain} of every validation the run logged."""
-    if not (folder / "log.csv").exists():
-        return {}
-    with (folder / "log.csv").open() as f:
-        return {int(r["step"]): float(r["context_gain"]) for r in csv.DictReader(f) if r.get("context_gain")}
-
-
-def context_gain(folder: Path, last: int = 3, upto: int | None = None) -> tuple[int | None, float | None]:
-    """The run's last step and the mean context gain of its last `last` validations (up to step `upto`)."""
-    if not (folder / "log.csv").exists():
-        return None, None
-    with (folder / "log.csv").open() as f:
-        step = max((int(r["step"]) for r in csv.DictReader(f)), default=None)
-    logged = [g for s, g in sorted(gains(folder).items()) if upto is None or s <= upto]
-    return step, (sum(logged[-last:]) / len(logged[-last:]) if logged else None)
 
 
 def scores(runs: Path, name: str, source: str) -> dict | None:
@@ -78,7 +61,8 @@ def row(runs: Path, name: str, common: int | None) -> str | None:
     floor, ceiling = (held["no-context"], held["round-trip"]) if held else ({}, {})
     bounds = f"{floor['shape_retrieval']:.3f} / {ceiling['shape_retrieval']:.3f}" if held else "—"
     gain_cells = [f"{100 * g:.1f} %" if g is not None else "—" for g in (gain, at_common)]
-    return (f"| `{name}` | {ROWS.get(name, '')} | {step} (≈{step * 32 / 1000:.1f}k) | " + " | ".join(gain_cells)
+    images = images_seen(runs / name) or step * 32  # older logs: about 32 images a step
+    return (f"| `{name}` | {ROWS.get(name, '')} | {step} ({images / 1000:.1f}k) | " + " | ".join(gain_cells)
             + " | " + " | ".join(cells) + f" | {bounds} |")  # fmt: skip
 
 

@@ -183,7 +183,7 @@ def report(args, out: dict) -> str:
         lines += ["", f"growth: a new image's cost at c context images over its cost at {first} (paired, median)", ""]
         lines += ["| mode | " + " | ".join(f"{c} ctx" for c in contexts if c > 0) + " |",
                   "|---|" + "---|" * sum(c > 0 for c in contexts)]  # fmt: skip
-        for mode in args.modes[1:]:
+        for mode in (m for m in args.modes if m != "plain"):
             cells = [f"{out['growth'][mode, c]:.3f}×" for c in contexts if c > 0]
             lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     if out["prefill"]:

@@ -67,13 +67,12 @@ def pool_tokens(hidden: Tensor, max_tokens: int | None) -> Tensor:
     return F.adaptive_avg_pool2d(spatial, grid).flatten(2).transpose(1, 2)  # (N, grid², C)
 
 
-def coarsen(kv: Tensor, max_tokens: int) -> Tensor:
-    """Pool context K/V (N, L, inner) of older images harder: a square map, or one after a leading token (DINO's CLS).
+def coarsen(kv: Tensor, max_tokens: int, has_cls: bool) -> Tensor:
+    """Pool context K/V (N, L, inner) of older images harder: a square map, after DINO's CLS token if `has_cls`.
 
     K/V are linear in the tokens (no bias), so this equals pooling the tokens before their projection.
     """
-    side = math.isqrt(kv.shape[1] - 1)
-    if side * side == kv.shape[1] - 1:  # CLS + patches: the CLS token stays
+    if has_cls:  # CLS + patches: the CLS token stays
         return torch.cat([kv[:, :1], pool_tokens(kv[:, 1:], max_tokens)], 1)
     return pool_tokens(kv, max_tokens)
 
@@ -127,6 +126,8 @@ class ImageSetAttention(ModelMixin, ConfigMixin):
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if reference_images and variant != "self":
             raise ValueError("reference attention reads the clean pass of M2M-Self; M2M-DINO has none")
+        if reference_images < 0 or (recent_context_images is not None and recent_context_images < 0):
+            raise ValueError("reference_images and recent_context_images count images: 0 or more")
         own_kv = variant == "self"  # M2M-Self: context K/V per layer; M2M-DINO: the cross-attention's own
         self.layers = nn.ModuleDict()
         for name, dim, inner in zip(layer_names, layer_dims, inner_dims, strict=True):
@@ -284,10 +285,12 @@ class CachedContext:
         """Each row attends to itself; the cond rows also to the reference tokens (`kv[name]`: the window's)."""
         (k, v), (rk, rv), n = self_kv(attn, hidden), self.kv[name], self.n_cond  # (B, T, inner), (1, W*T, inner)
         n = hidden.shape[0] if n is None else n
-        cond = heads_attention(attn, attn.to_q(hidden[:n]), *(torch.cat([x[:n], r.expand(n, -1, -1)], 1)
-                                                             for x, r in ((k, rk), (v, rv))))  # fmt: skip
-        uncond = heads_attention(attn, attn.to_q(hidden[n:]), k[n:], v[n:])
-        return attn.to_out[1](attn.to_out[0](torch.cat([cond, uncond])))  # (B, T, C)
+        keys = torch.cat([k[:n], rk.expand(n, -1, -1)], 1)  # (n, T + W*T, inner)
+        values = torch.cat([v[:n], rv.expand(n, -1, -1)], 1)
+        out = heads_attention(attn, attn.to_q(hidden[:n]), keys, values)  # the cond rows
+        if n < hidden.shape[0]:  # the uncond rows: themselves alone
+            out = torch.cat([out, heads_attention(attn, attn.to_q(hidden[n:]), k[n:], v[n:])])
+        return attn.to_out[1](attn.to_out[0](out))  # (B, T, C)
 
     def attend(self, layer: IsaLayer, attn: Attention, hidden: Tensor) -> Tensor:
         if layer.name not in self.full:
@@ -313,7 +316,7 @@ class SetContext:
     """
 
     def __init__(self, sees_context: Tensor, tokens: Tensor | None = None, recent: int | None = None,
-                 older_tokens: int = 16):  # fmt: skip
+                 older_tokens: int | None = None):  # fmt: skip
         self.sees, self.tokens = sees_context, tokens
         self.recent, self.older_tokens = recent, older_tokens  # ImageSetAttention's recent / older context
 
@@ -331,7 +334,8 @@ class SetContext:
         keys, values = [nk, ck.reshape(b, k * length, -1)], [nv, cv.reshape(b, k * length, -1)]  # (B, K*L, inner)
         mask = self.mask(t, length, nk.shape[1])  # (B, K*T, n0 + K*L)
         if self.recent is not None:  # every image also coarser, for the images more than `recent` after it
-            ok, ov = coarsen(ck, self.older_tokens), coarsen(cv, self.older_tokens)  # (B*K, L', inner)
+            cls = self.tokens is not None  # M2M-DINO's tokens start with the CLS token
+            ok, ov = coarsen(ck, self.older_tokens, cls), coarsen(cv, self.older_tokens, cls)  # (B*K, L', inner)
             keys, values = [*keys, ok.reshape(b, -1, ok.shape[2])], [*values, ov.reshape(b, -1, ov.shape[2])]
             mask = self.with_older(mask, t, length, ok.shape[1])  # (B, K*T, n0 + K*L + K*L')
         out = attend(attn, noisy.reshape(b, k * t, -1), torch.cat(keys, 1), torch.cat(values, 1), mask)

@@ -184,15 +184,17 @@ def dino_inputs(pixels: Tensor, size: int) -> Tensor:
 class ContextCache:
     """Per-layer K/V of each context image, kept in set order; it belongs to one generation call."""
 
-    def __init__(self, reference_images: int = 0, recent_images: int | None = None, older_tokens: int = 16):
+    def __init__(self, reference_images: int = 0, recent_images: int | None = None, older_tokens: int | None = None,
+                 has_cls: bool = False):  # fmt: skip
         self.images: list[dict[str, KV]] = []
         self.reference_images = reference_images  # the model's (ImageSetAttention.config): what reference reads,
         self.recent_images, self.older_tokens = recent_images, older_tokens  # and which images ISA sees coarser
+        self.has_cls = has_cls  # M2M-DINO: the context tokens start with the CLS token
 
     @classmethod
     def for_isa(cls, isa: ImageSetAttention) -> ContextCache:
         cfg = isa.config
-        return cls(cfg.reference_images, cfg.recent_context_images, cfg.older_context_tokens)
+        return cls(cfg.reference_images, cfg.recent_context_images, cfg.older_context_tokens, cfg.variant == "dino")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -203,25 +205,33 @@ class ContextCache:
         for i in range(n):
             self.images.append({name: (k[i : i + 1], v[i : i + 1]) for name, (k, v) in kv.items()})
 
-    def context(self, indices: list[int], n_cond: int | None = None) -> CachedContext:
+    def context(self, indices: list[int], n_cond: int | None = None, positions: list[int] | None = None
+                ) -> CachedContext:  # fmt: skip
         """One `CachedContext` over the chosen images, concatenated once for all denoising steps.
 
-        ISA layers see every chosen image, those before the last `recent_images` coarsened; reference attention
-        (self-attention layers) reads the last `reference_images`.
+        ISA layers see every chosen image, coarsened when more than `recent_images` before the new image; reference
+        attention reads those at most `reference_images` before it. Distances are in the set: `positions` are the
+        chosen images' places there (default: their indices in this cache), the new image comes after the last.
         """
-        kv = {name: self.layer_kv(name, indices) for name in self.images[indices[0]]}
+        positions = list(indices) if positions is None else positions
+        ages = [positions[-1] + 1 - p for p in positions]  # 1 = the image just before the new one
+        kv = {name: self.layer_kv(name, indices, ages) for name in self.images[indices[0]]}
         return CachedContext(kv, n_cond)
 
-    def layer_kv(self, name: str, indices: list[int]) -> KV:
-        """One layer's K/V over the chosen images: (1, ΣL, inner) each."""
+    def layer_kv(self, name: str, indices: list[int], ages: list[int]) -> KV:
+        """One layer's K/V over the chosen images at those distances from the new image: (1, ΣL, inner) each."""
         if is_reference(name):
-            chosen = indices[-self.reference_images :] if self.reference_images else []
+            chosen = [i for i, age in zip(indices, ages, strict=True) if age <= self.reference_images]
             return tuple(torch.cat([self.images[i][name][j] for i in chosen], 1) for j in (0, 1))
-        recent = len(indices) if self.recent_images is None else self.recent_images
-        older = indices[: max(len(indices) - recent, 0)]
-        parts = [[coarsen(self.images[i][name][j], self.older_tokens) if i in older else self.images[i][name][j]
-                  for i in indices] for j in (0, 1)]  # fmt: skip
-        return torch.cat(parts[0], 1), torch.cat(parts[1], 1)
+        kvs = [self.image_kv(i, name, age) for i, age in zip(indices, ages, strict=True)]
+        return torch.cat([k for k, _ in kvs], 1), torch.cat([v for _, v in kvs], 1)
+
+    def image_kv(self, i: int, name: str, age: int) -> KV:
+        """Image i's K/V of an ISA layer, `age` images before the new one: coarsened past `recent_images`."""
+        k, v = self.images[i][name]
+        if self.recent_images is None or age <= self.recent_images:
+            return k, v
+        return coarsen(k, self.older_tokens, self.has_cls), coarsen(v, self.older_tokens, self.has_cls)
 
 
 def is_reference(name: str) -> bool:

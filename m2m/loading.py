@@ -24,6 +24,13 @@ from m2m.pipeline import M2MPipeline
 
 CHECKPOINT_DIR_ENV = "M2M_CHECKPOINT_DIR"  # the folder of the embedded models, for the CLI and the app
 TASKS = {"general": "", "nvs": "-nvs", "procedure": "-procedure"}  # task -> folder suffix
+TRAINING_RECORD = "m2m_training.json"  # beside a trained model's weights: the images it has seen, and how
+
+
+def training_record(folder: str | Path) -> dict | None:
+    """What a checkpoint says of its training (train/training/m2m.py writes it at every export), if anything."""
+    path = Path(folder) / TRAINING_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def checkpoint_dir() -> Path:

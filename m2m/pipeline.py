@@ -176,7 +176,7 @@ class M2MPipeline(DiffusionPipeline):
             return lambda: cached
         encoder = self.context_encoder
         inputs = encoder.inputs(self, [images[i] for i in window])
-        return lambda: encoder.cache_inputs(self, inputs).context(list(range(len(window))), n_cond)
+        return lambda: encoder.cache_inputs(self, inputs).context(list(range(len(window))), n_cond, window)
 
     def __call__(self, context: Sequence[Image.Image] = (), **kwargs) -> M2MPipelineOutput:
         results = list(self.generate_iter(context, **kwargs))

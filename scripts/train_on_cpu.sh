@@ -21,12 +21,12 @@ train_chunk() {  # VARIANT
     local v=$1
     mkdir -p "$R"
     [ -f "$SPRITES" ] || $PY -m train.data.sprites --out "$SPRITES"
-    # shellcheck disable=SC2046  # the design is flags
-    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant "$v" --init "checkpoints/m2m-$v-tiny" $(design "$v") \
+    # shellcheck disable=SC2046  # the design is flags, last: where it sets one of these, it wins
+    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant "$v" --init "checkpoints/m2m-$v-tiny" \
         --data open:train --val-data open:heldout --sprites "$SPRITES" --seed "$SEED" --steps 1000000 --lr 2e-4 \
         --warmup 30 --ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 6 --mixed-precision no --log-every 10 \
         --val-every 50 --checkpoint-every 50 --sample-every 1000000 --max-minutes "$CHUNK_MINUTES" --export-fp16 \
-        --out "$R/m2m-$v-tiny" >> "$R/m2m-$v-tiny.log" 2>&1
+        --out "$R/m2m-$v-tiny" $(design "$v") >> "$R/m2m-$v-tiny.log" 2>&1
 }
 
 score() {  # VARIANT: the export on both sources, then its ledger row
@@ -42,6 +42,8 @@ score() {  # VARIANT: the export on both sources, then its ledger row
 case "${1:-}:${2:-}" in
     run:self | run:dino) while true; do train_chunk "$2"; score "$2"; done ;;
     chunk:self | chunk:dino) train_chunk "$2"; score "$2" ;;
-    install:self | install:dino) rm -rf "checkpoints/m2m-$2-tiny" && cp -r "$R/m2m-$2-tiny/pipeline" "checkpoints/m2m-$2-tiny" ;;
+    install:self | install:dino)
+        [ -f "$R/m2m-$2-tiny/pipeline/model_index.json" ] || { echo "no export in $R/m2m-$2-tiny/pipeline" >&2; exit 1; }
+        rm -rf "checkpoints/m2m-$2-tiny" && cp -r "$R/m2m-$2-tiny/pipeline" "checkpoints/m2m-$2-tiny" ;;
     *) echo "usage: $0 run|chunk|install self|dino" >&2; exit 2 ;;
 esac

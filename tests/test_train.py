@@ -150,6 +150,10 @@ def test_a_fine_tune_may_turn_reference_attention_on(start, tmp_path):
     before, after = load_pipeline(start), load_pipeline(tmp_path / "run" / "pipeline")
     assert (before.isa.config.reference_images, after.isa.config.reference_images) == (0, 2)
     assert (after.isa.config.recent_context_images, after.isa.config.older_context_tokens) == (2, 4)
+    from m2m.attention import ReferenceAttnProcessor
+
+    kinds = {type(proc) for name, proc in after.unet.attn_processors.items() if name.endswith("attn1.processor")}
+    assert kinds == {ReferenceAttnProcessor}  # loaded back, the model attends as it was trained
     assert set(before.unet.state_dict()) == set(after.unet.state_dict())
     assert set(before.isa.state_dict()) == set(after.isa.state_dict())
 

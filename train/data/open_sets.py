@@ -18,7 +18,8 @@ affine `grid_sample`), on any device. Set `i` of a split is fixed by (split, see
 parameters are drawn on the CPU by a generator of its own, so a set is the same in any batch,
 on CPU and CUDA (up to float rounding). Splits: `train`, `heldout` (a disjoint seed stream),
 `hard` (shape families, hues and drawings that `train` never sees), and `simple` / `simple-train`
-(one procedural shape in a flat colour on a flat background: scored, and a curriculum's start).
+(one procedural shape in a flat colour on a flat background: scored on every family, and a curriculum's
+start, without `hard`'s families).
 
     python -m train.data.open_sets --out data/open --sets 10000 --set-size 8   # MIS-layout shards
 """
@@ -190,8 +191,8 @@ def draw_caption(d: Draw, split: str, n_sprites: int) -> dict[str, Tensor]:
     sprite is picked by a uniform draw scaled to the atlas, so every other parameter stays the same.
     """
     families = [f for f in FAMILIES if (f in HARD_FAMILIES) == (split == "hard") or f == "drawing"]
-    if split in SIMPLE_SPLITS:  # any procedural family, no drawings
-        families = [f for f in FAMILIES if f != "drawing"]
+    if split in SIMPLE_SPLITS:  # procedural families, no drawings; the curriculum's never those of `hard`
+        families = [f for f in FAMILIES if f != "drawing" and (split == "simple" or f not in HARD_FAMILIES)]
     family, pick = d.choice(families), float(d.uniform(0, 1))
     if family == "drawing" and n_sprites == 0:
         family = families[0]  # the split's first shape family

@@ -21,9 +21,9 @@ from pathlib import Path
 
 if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
     sys.path[0] = str(Path(__file__).resolve().parents[2])
-from bench.arch_table import context_gain
+from m2m.loading import training_record
 from train.evaluation.learning_curve import plot
-from train.training.m2m import RECORD
+from train.evaluation.run_log import context_gain
 
 FIELDS = ["date", "model", "images", "steps", "simple_colour", "simple_shape", "heldout_colour", "heldout_shape",
           "context_gain", "checkpoint"]  # fmt: skip
@@ -36,7 +36,9 @@ def model_scores(path: Path) -> dict:
 
 
 def row(model: str, checkpoint: Path, evals: list[Path], log: Path | None) -> dict:
-    record = json.loads((checkpoint / RECORD).read_text())
+    record = training_record(checkpoint)
+    if record is None:
+        raise FileNotFoundError(f"{checkpoint}: no training record (m2m_training.json): how many images has it seen?")
     steps, gain = context_gain(log.parent) if log else (None, None)
     out = {"date": datetime.date.today().isoformat(), "model": model, "images": record["images_seen"],
            "steps": steps if steps is not None else "", "context_gain": "" if gain is None else round(gain, 4),

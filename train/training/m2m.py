@@ -49,7 +49,7 @@ from m2m.adapters import add_lora, save_adapter
 from m2m.autoencoder import load_autoencoder
 from m2m.encoders import vae_latents
 from m2m.images import to_pil
-from m2m.loading import load_pipeline
+from m2m.loading import TRAINING_RECORD, load_pipeline, training_record
 from m2m.model import M2MModel
 from m2m.pipeline import M2MPipeline
 from m2m.presets import Preset, build_pipeline, from_hub, get_preset
@@ -136,7 +136,6 @@ TRAIN_PRESETS = {
 }
 
 LOG_FIELDS = ["step", "loss", "lr", "images_per_s", "val_loss_context", "val_loss_no_context", "context_gain", "images"]
-RECORD = "m2m_training.json"  # in an exported pipeline: the images it has seen, over every run that led to it
 
 
 class Progress:
@@ -196,6 +195,8 @@ def build_start(cfg: TrainConfig) -> M2MPipeline:
         return pipe
     preset = new_model_preset(cfg)
     if preset.hub_id is not None:
+        if cfg.unet_width != 1.0:
+            raise ValueError(f"--unet-width: the {preset.name} preset loads its UNet from {preset.hub_id}, as it is")
         return from_hub(preset, cfg.variant)
     if cfg.vae is None and cfg.steps > 10:
         raise ValueError("the tiny preset trains on a fitted autoencoder: pass --vae (train/training/autoencoder.py)")
@@ -292,22 +293,22 @@ def export(pipe: M2MPipeline, out: Path, cfg: TrainConfig, record: dict) -> None
     with `record` (what it was trained on) beside its weights."""
     if cfg.lora_rank:
         save_adapter(pipe, out, cfg.init, pipe.unet.peft_config["default"], cfg.task)
-        (out / RECORD).write_text(json.dumps(record, indent=2))
+        (out / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
         return
     if cfg.export_fp16:  # a half-precision copy: the training modules stay as they are
         pipe = copy.deepcopy(pipe).to(torch.float16)
     with atomic_folder(out) as tmp:
         pipe.save_pretrained(tmp)
-        (Path(tmp) / RECORD).write_text(json.dumps(record, indent=2))
+        (Path(tmp) / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
 
 
 def prior_images(cfg: TrainConfig) -> int:
     """The images the --init model had seen (its record; 0 for a new model or one without a record)."""
-    path = Path(cfg.init or "") / RECORD
-    return json.loads(path.read_text())["images_seen"] if cfg.init and path.is_file() else 0
+    record = training_record(cfg.init) if cfg.init else None
+    return record["images_seen"] if record else 0
 
 
-def training_record(run: Run) -> dict:
+def run_record(run: Run) -> dict:
     """What an export says of its training: images seen in all (the --init's, then this run's), steps, time."""
     return {"images_seen": run.progress.prior_images + run.progress.images, "run_images": run.progress.images,
             "run_steps": run.progress.step, "run_training_minutes": round(run.progress.seconds / 60, 2),
@@ -535,6 +536,8 @@ def train(cfg: TrainConfig) -> dict:
             break
         tick = time.monotonic()
         loss, n = train_step(run, batch)
+        if cfg.budget_minutes is not None and run.accelerator.device.type == "cuda":
+            torch.cuda.synchronize()  # the step's kernels run asynchronously: count them, not their launches
         run.progress.seconds += time.monotonic() - tick
         run.progress.images += n
         images += n
@@ -602,7 +605,7 @@ def context_gain(with_context: float, without: float) -> float:
 def finish_checkpoint(run: Run, step: int) -> None:
     save_checkpoint(run.accelerator, run.out, step, run.cfg.keep_checkpoints)
     if run.accelerator.is_main_process:
-        record = training_record(run)
+        record = run_record(run)
         with ema_weights(run.ema, run.params):
             export(run.pipe, run.out / "pipeline", run.cfg, record)
         if run.cfg.export_raw:
