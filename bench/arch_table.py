@@ -7,7 +7,7 @@ Every row trained from scratch for the same minutes of one core (training steps 
   count where it has one);
 - context gain: the held-out loss without context minus with, as a share of the loss without (train/training/m2m.py),
   the mean of the run's last three validations (one validation is a fixed batch of 16 sets: noisy); then the same
-  up to the last step every row reached, where rows compare at equal images whatever their speed;
+  up to the last step every scored row reached, where rows compare at equal images whatever their speed;
 - `open:simple` and `open:heldout` colour and shape retrieval among 16 (c = 4), each with its binomial standard error;
 - the floor (no context) and the ceiling (the autoencoder's round trip) of `open:heldout` shape.
 """
@@ -68,8 +68,9 @@ def row(runs: Path, name: str, common: int | None) -> str | None:
 
 def table(runs: Path) -> str:
     names = list(dict.fromkeys([*ROWS, *sorted(p.name for p in runs.iterdir() if (p / "log.csv").exists())]))
-    logged = [set(gains(runs / n)) for n in names if gains(runs / n)]
-    common = max(set.intersection(*logged), default=None) if logged else None  # where every row compares
+    scored = [n for n in names if (runs / f"eval-{n}-heldout.json").exists()]  # rows whose minutes are spent
+    logged = [set(gains(runs / n)) for n in scored if gains(runs / n)]
+    common = max(set.intersection(*logged), default=None) if logged else None  # where every scored row compares
     head = [f"| row | change | steps (images) | context gain | context gain at step {common} | simple colour "
             "| simple shape | heldout colour | heldout shape | heldout shape floor / ceiling |",
             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -160,7 +160,7 @@ def test_arch_table_gives_each_row_its_context_gain_and_both_sources(tmp_path):
         "step,loss,lr,images_per_s,val_loss_context,val_loss_no_context,context_gain\n"
         "50,0.3,0.0005,8,0.25,0.27,0.1\n60,0.2,0.0005,8,,,\n100,0.2,0.0005,8,0.2,0.25,0.2\n"
     )
-    (tmp_path / "half").mkdir()  # started, not scored yet: its row has dashes
+    (tmp_path / "half").mkdir()  # started, not scored yet: no row, and no say in the common step
     (tmp_path / "half" / "log.csv").write_text("step,loss,lr,images_per_s,val_loss_context,val_loss_no_context\n")
     scores = {"colour_retrieval": 0.5, "shape_retrieval": 0.25, "similarity": 0.2}
     groups = {"model": scores, "no-context": {**scores, "shape_retrieval": 0.0625}, "round-trip": scores}
