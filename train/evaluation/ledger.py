@@ -7,7 +7,9 @@
 
 A row: the date, the model's name, the images it has seen in all (its `m2m_training.json`), the run's steps,
 colour and shape retrieval on `open:simple` and `open:heldout` (c = 4, among 16), and the context gain (the mean
-of the run's last three validations, train/training/m2m.py). The plot draws both sources against images seen.
+of the run's last three validations, train/training/m2m.py); a task model's row has its task's SSIM and turn or
+step accuracy (train/evaluation/tasks.py) beside copying the last image's SSIM instead. The plot draws the
+general models' two sources against images seen.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from train.evaluation.learning_curve import plot
 from train.evaluation.run_log import context_gain
 
 FIELDS = ["date", "model", "images", "steps", "simple_colour", "simple_shape", "heldout_colour", "heldout_shape",
-          "context_gain", "checkpoint"]  # fmt: skip
+          "context_gain", "task", "task_ssim", "task_accuracy", "copy_last_ssim", "checkpoint"]  # fmt: skip
+ACCURACY = {"nvs": "turn_accuracy", "procedure": "step_accuracy"}  # train/evaluation/tasks.py's, per task
 
 
 def model_scores(path: Path) -> dict:
@@ -44,12 +47,25 @@ def row(model: str, checkpoint: Path, evals: list[Path], log: Path | None) -> di
            "steps": steps if steps is not None else "", "context_gain": "" if gain is None else round(gain, 4),
            "checkpoint": str(checkpoint)}  # fmt: skip
     for path in evals:
+        if "task" in json.loads(path.read_text())["args"]:  # a task model's score (train/evaluation/tasks.py)
+            out.update(task_row(path))
+            continue
         scores = model_scores(path)
         source = scores["source"].removeprefix("open:")
         if source not in ("simple", "heldout"):
             raise ValueError(f"{path}: scored on {scores['source']}; the ledger keeps open:simple and open:heldout")
         out[f"{source}_colour"], out[f"{source}_shape"] = scores["colour_retrieval"], scores["shape_retrieval"]
     return out
+
+
+def task_row(path: Path) -> dict:
+    """A task model's columns from its train/evaluation/tasks.py JSON: at the largest k, beside copy-last."""
+    saved = json.loads(path.read_text())
+    task = saved["args"]["task"]
+    groups = saved["results"][max(saved["results"], key=int)]
+    model, copy = groups["fine-tuned"], groups["copy-last"]
+    return {"task": task, "task_ssim": round(model["ssim"], 4), "task_accuracy": round(model[ACCURACY[task]], 4),
+            "copy_last_ssim": round(copy["ssim"], 4)}  # fmt: skip
 
 
 def add(ledger: Path, entry: dict) -> None:
@@ -81,7 +97,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ledger", default="docs/ledger.csv")
     p.add_argument("--model", help="add: the model's name in the ledger (e.g. self-reference)")
     p.add_argument("--checkpoint", help="add: the exported pipeline folder (its m2m_training.json)")
-    p.add_argument("--evals", nargs="+", default=[], help="add: evaluate.py JSONs of open:simple / open:heldout")
+    p.add_argument(
+        "--evals",
+        nargs="+",
+        default=[],
+        help="add: evaluate.py JSONs of open:simple / open:heldout, or a tasks.py JSON",
+    )
     p.add_argument("--log", default=None, help="add: the run's log.csv (steps, context gain)")
     p.add_argument("--out", default="docs/ledger.png")
     p.add_argument("--colour-ceiling", type=float, default=0.953, help="the round trip of the truth, open:heldout")

@@ -7,11 +7,12 @@
 Given the first k images of a held-out sequence (views in azimuth order, or procedure steps),
 each model generates image k+1, which is compared with the true image k+1:
 
-- both: PSNR (of the mean squared error over the sequences) and mean SSIM against the true next image;
+- both: PSNR (of the mean squared error over the sequences) and mean SSIM against the true next image, at
+  full resolution and at 32 px (a quarter of the side: see `coarse`);
 - NVS, **turn accuracy**: among all views of the same object (8 azimuths), the one the generated image is
-  nearest to (SSIM) is the true next view;
-- procedures, **step accuracy**: the generated image is nearer (SSIM) to the true next step than the last
-  given step is. Copying the last image scores 0 here by construction.
+  nearest to (SSIM at 32 px) is the true next view;
+- procedures, **step accuracy**: the generated image is nearer (SSIM at 32 px) to the true next step than the
+  last given step is. Copying the last image scores 0 here by construction.
 
 Beside the models: `copy-last` (image k itself), `truth` (the true next image through the model's autoencoder:
 the ceiling a perfect diffusion model could reach) and, with --base, the general model without a fine-tune.
@@ -27,6 +28,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 from tqdm import tqdm
 
@@ -42,6 +44,7 @@ from train.evaluation.evaluate import round_trip
 
 DEFAULT_SOURCE = {"nvs": "nvs:heldout", "procedure": "procedure:heldout"}
 ACCURACY = {"nvs": "turn_accuracy", "procedure": "step_accuracy"}  # the metric that says the task was done
+COARSE = 4  # the accuracies compare images at a quarter of their side (see `coarse`)
 
 
 def to_unit(images) -> torch.Tensor:
@@ -52,17 +55,29 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(structural_similarity_index_measure(a, b, data_range=1.0))
 
 
+def coarse(x: torch.Tensor) -> torch.Tensor:
+    """Images (N, 3, H, W) at a quarter of their side (32 px at 128): where the accuracies compare them.
+
+    At full resolution even the truth's round trip through the autoencoder is farther (SSIM) from the true next
+    step than the last step is (0.937 against 0.966 on procedure:heldout), so no model could pass; at 32 px the
+    round trip beats the last step 0.96 of the time and is the nearest view 0.92 (24 sequences, k = 3).
+    """
+    return F.avg_pool2d(x, COARSE)
+
+
 def scores(pred: torch.Tensor, steps: torch.Tensor, index: int) -> dict[str, float]:
     """pred (1, 3, H, W); steps (S, 3, H, W) every image of the sequence; the truth is steps[index], the last given
     image steps[index - 1]."""
-    truth, last = steps[index : index + 1], steps[index - 1 : index]
-    sims = torch.tensor([ssim(pred, s[None]) for s in steps])  # (S,)
+    truth = steps[index : index + 1]
+    small, small_steps = coarse(pred), coarse(steps)  # (1, 3, h, w), (S, 3, h, w)
+    sims = torch.tensor([ssim(small, s[None]) for s in small_steps])  # (S,)
     return {
         "mse": float((pred - truth).pow(2).mean()),
-        "ssim": float(sims[index]),
+        "ssim": ssim(pred, truth),
+        "ssim_32": float(sims[index]),
         "turn_accuracy": float(int(sims.argmax()) == index),  # the nearest of all views is the true next one
-        "step_accuracy": float(sims[index] > ssim(last, truth)),  # nearer the next step than the last step is
-    }
+        "step_accuracy": float(sims[index] > ssim(small_steps[index - 1 : index], small_steps[index : index + 1])),
+    }  # step accuracy: nearer the next step than the last step is
 
 
 def sequences(source: str, n: int, min_length: int) -> list[list]:
@@ -99,10 +114,11 @@ def summary(rows: list[dict]) -> dict[str, float]:
 
 def table(results: dict, task: str) -> str:
     accuracy = ACCURACY[task]
-    lines = [f"| k | group | PSNR | SSIM | {accuracy.replace('_', ' ')} |", "|---|---|---|---|---|"]
+    lines = [f"| k | group | PSNR | SSIM | SSIM at 32 px | {accuracy.replace('_', ' ')} |", "|---|---|---|---|---|---|"]
     for k, groups in results.items():
         for name, m in groups.items():
-            lines.append(f"| {k} | {name} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m[accuracy]:.3f} |")
+            cells = [f"{m['psnr']:.2f}", *(f"{m[key]:.3f}" for key in ("ssim", "ssim_32", accuracy))]
+            lines.append(f"| {k} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Task models that do their task (issue 27; docs/tasks.md): novel views and procedures, trained on one core beside
+# the shapes run, resumable, each scored by train/evaluation/tasks.py beside copying the last image.
+#   bash scripts/train_tasks_cpu.sh data                        # the novel-view training renders, once (data/nvs)
+#   bash scripts/train_tasks_cpu.sh run APPROACH VARIANT TASK   # $MINUTES of training (over all resumes), then scored
+#   bash scripts/train_tasks_cpu.sh eval APPROACH VARIANT TASK  # score it again
+#   bash scripts/train_tasks_cpu.sh install APPROACH VARIANT TASK   # into checkpoints/m2m-VARIANT-tiny-TASK, by hand
+# APPROACH is how a task model is made (the table of docs/tasks.md compares them at equal minutes):
+#   adapter   a LoRA (rank 16) over the shipped open-set base, its ISA trained in full
+#   scratch   a new half-width pipeline trained on the task's data alone (the colour autoencoder and, for
+#             M2M-DINO, the shipped DINOv2 frozen); full pipelines, small enough to ship four
+# M2M-Self takes the design of scripts/design.sh where it changes no weight's shape (reference attention).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/design.sh
+PY=${PY:-.venv/bin/python}
+R=${R:-runs/tasks}
+MINUTES=${MINUTES:-45}
+NVS_OBJECTS=${NVS_OBJECTS:-600}
+SEQUENCES=${SEQUENCES:-30}  # held-out sequences each score takes
+
+data_for() { [ "$1" = nvs ] && echo data/nvs || echo procedure:train; }
+
+approach_flags() {  # APPROACH VARIANT
+    local design=""
+    [ "$2" = dino ] || design=$SELF_DESIGN
+    case $1 in
+        adapter) echo "--init checkpoints/m2m-$2-tiny --lora-rank 16 --lr 1e-3 $design" ;;
+        scratch) local enc=""
+                 [ "$2" = self ] || enc="--image-encoder checkpoints/m2m-$2-tiny/image_encoder"
+                 echo "--unet-width 0.5 --vae checkpoints/vae-tiny-open $enc --lr 1e-3 --context-tokens 64 $design" ;;
+        *) echo "no approach $1: adapter or scratch" >&2; exit 2 ;;
+    esac
+}
+
+check() {  # APPROACH VARIANT TASK
+    case $2:$3 in self:nvs | self:procedure | dino:nvs | dino:procedure) ;;
+        *) echo "usage: $0 run|eval|install adapter|scratch self|dino nvs|procedure" >&2; exit 2 ;; esac
+    approach_flags "$1" "$2" > /dev/null
+}
+
+train() {  # APPROACH VARIANT TASK
+    local out="$R/$1-$2-$3"
+    mkdir -p "$R"
+    [ "$3" = procedure ] || [ -d data/nvs ] || data
+    # shellcheck disable=SC2046  # the approach is flags
+    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant "$2" --task "$3" --data "$(data_for "$3")" \
+        --val-data "$3:heldout" --steps 100000 --warmup 50 --ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 5 \
+        --workers 0 --mixed-precision no --log-every 10 --val-every 50 --checkpoint-every 50 --sample-every 100000 \
+        --budget-minutes "$MINUTES" --export-fp16 --out "$out" $(approach_flags "$1" "$2") >> "$out.log" 2>&1
+}
+
+score() {  # APPROACH VARIANT TASK
+    local out="$R/$1-$2-$3"
+    OMP_NUM_THREADS=1 $PY -m train.evaluation.tasks --task "$3" --checkpoint "$out/pipeline" --sequences "$SEQUENCES" \
+        --ks 2 4 --steps 20 --out "$out/eval-tasks.json" > "$out/eval-tasks.log" 2>&1
+    tail -n 12 "$out/eval-tasks.log"
+}
+
+data() { OMP_NUM_THREADS=1 $PY -m train.data.nvs --out data/nvs --split train --objects "$NVS_OBJECTS"; }
+
+case "${1:-}" in
+    data) data ;;
+    run) check "${@:2}"; train "${@:2}"; score "${@:2}" ;;
+    eval) check "${@:2}"; score "${@:2}" ;;
+    install) check "${@:2}"
+        out="$R/$2-$3-$4/pipeline"
+        [ -f "$out/model_index.json" ] || [ -f "$out/adapter_config.json" ] || { echo "no export in $out" >&2; exit 1; }
+        rm -rf "checkpoints/m2m-$3-tiny-$4" && cp -r "$out" "checkpoints/m2m-$3-tiny-$4"
+        [ ! -f "$out/adapter_config.json" ] || $PY -c "import sys; from m2m.adapters import rebase; rebase(*sys.argv[1:])" \
+            "checkpoints/m2m-$3-tiny-$4" "checkpoints/m2m-$3-tiny" ;;
+    *) echo "usage: $0 data | run|eval|install adapter|scratch self|dino nvs|procedure" >&2; exit 2 ;;
+esac
