@@ -6,6 +6,7 @@
 #   bash scripts/arch_cpu.sh run ROW               # one row alone
 #   bash scripts/arch_cpu.sh eval [ROW...]         # score rows (default: every row with a pipeline)
 #   bash scripts/arch_cpu.sh table                 # the markdown table (bench/arch_table.py)
+#   bash scripts/arch_cpu.sh command ROW           # print the row's training command
 # MINUTES count training steps only (not validation or checkpoints), over all resumes, so that a row interrupted
 # by the end of a session resumes to the same budget. The baseline is today's shipped recipe: the colour
 # autoencoder, v-prediction, ISA in attn2 with 64 pooled context tokens, lr 5e-4 after 50 warm-up steps and then
@@ -33,13 +34,17 @@ declare -A FLAGS=(
 )
 
 train_row() {  # NAME MINUTES DATA: one row, resumable; MINUTES of training over all its resumes (--budget-minutes)
+    # shellcheck disable=SC2046  # the command is words
+    OMP_NUM_THREADS=1 $(row_command "$@") >> "$R/$1.log" 2>&1
+}
+
+row_command() {  # NAME MINUTES DATA: the row's training command; its flags come last, so that they win
     local name=$1 minutes=$2 data=$3
-    # shellcheck disable=SC2086  # FLAGS are words, after the defaults: a repeated flag's last value wins
-    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant self --context-tokens 64 ${FLAGS[$name]} \
-        --data "$data" --val-data open:heldout --sprites "$SPRITES" --vae checkpoints/vae-tiny-open \
-        --steps 100000 --lr 5e-4 --warmup 50 --ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 6 \
-        --mixed-precision no --log-every 10 --val-every 50 --checkpoint-every 50 --sample-every 100000 \
-        --budget-minutes "$minutes" --export-fp16 --out "$R/$name" >> "$R/$name.log" 2>&1
+    echo "$PY -m train.training.m2m --variant self --context-tokens 64 --data $data --val-data open:heldout" \
+        "--sprites $SPRITES --vae checkpoints/vae-tiny-open --steps 100000 --lr 5e-4 --warmup 50 --ema-decay 0.999" \
+        "--batch-sets 8 --min-k 2 --max-k 6 --mixed-precision no --log-every 10 --val-every 50" \
+        "--checkpoint-every 50 --sample-every 100000 --budget-minutes $minutes --export-fp16 --out $R/$name" \
+        "${FLAGS[$name]}"
 }
 
 run() {  # NAME
@@ -91,9 +96,11 @@ all() {  # each round's rows side by side, then both scored side by side
 
 case "${1:-}" in
     all) all ;;
+    command) [[ -v FLAGS[${2:-}] ]] || { echo "unknown row ${2:-}: one of ${!FLAGS[*]}" >&2; exit 2; }
+             row_command "$2" "$MINUTES" open:train ;;  # what `run ROW` runs (the curriculum: its second phase)
     pair) pair "${@:2}" ;;
     run) run "${2:?usage: $0 run ROW}" ;;
     eval) evaluate "${@:2}" ;;
     table) $PY bench/arch_table.py --runs "$R" ;;
-    *) echo "usage: $0 all|pair ROW [ROW]|run ROW|eval [ROW...]|table" >&2; exit 2 ;;
+    *) echo "usage: $0 all|pair ROW [ROW]|run ROW|eval [ROW...]|table|command ROW" >&2; exit 2 ;;
 esac

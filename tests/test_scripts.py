@@ -50,3 +50,20 @@ def test_script_help_runs_as_a_module_and_by_path(runs, script, way):
     proc = runs[script, way]
     assert proc.returncode == 0, f"{' '.join(proc.args[1:])} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     assert proc.stdout.startswith("usage:")
+
+
+@pytest.mark.parametrize(
+    "row, flag, value",
+    [
+        ("lr1e-3", "--lr", "1e-3"),
+        ("lr2e-3", "--lr", "2e-3"),
+        ("tokens256", "--context-tokens", "256"),
+        ("dino", "--variant", "dino"),
+    ],
+)
+def test_an_architecture_row_changes_what_it_says(row, flag, value):
+    """scripts/arch_cpu.sh: a row's flags come after the shared ones, so that argparse's last value is the row's
+    (they once came first, and the learning-rate rows trained at the base's 5e-4)."""
+    out = subprocess.run(["bash", "scripts/arch_cpu.sh", "command", row], cwd=ROOT, capture_output=True, text=True)
+    words = out.stdout.split()
+    assert out.returncode == 0 and words[max(i for i, w in enumerate(words) if w == flag) + 1] == value
