@@ -64,13 +64,9 @@ pair() {  # one or two rows, side by side
     wait_all || { echo "a row of $* failed: see $R/<row>.log" >&2; exit 1; }
 }
 
-score() {  # ROW: on open:simple (32 sets) and open:heldout (64); skipped when scored already (delete the JSONs)
+score() {  # ROW: skipped when scored already (delete its JSONs to score again)
     [ ! -f "$R/eval-$1-simple.json" ] || [ ! -f "$R/eval-$1-heldout.json" ] || return 0
-    OMP_NUM_THREADS=${THREADS:-1} $PY -m train.evaluation.evaluate --checkpoint "$R/$1/pipeline" --data open:simple \
-        --contexts 4 --sets 32 --generate 2 --steps 15 --out "$R/eval-$1-simple.json" > "$R/eval-$1-simple.log" 2>&1 \
-        && OMP_NUM_THREADS=${THREADS:-1} $PY -m train.evaluation.evaluate --checkpoint "$R/$1/pipeline" \
-        --data open:heldout --contexts 4 --sets 64 --generate 2 --steps 15 --out "$R/eval-$1-heldout.json" \
-        > "$R/eval-$1-heldout.log" 2>&1 || { echo "evaluation of $1 failed: $R/eval-$1-*.log" >&2; return 1; }
+    score_both "$R/$1/pipeline" "$R/eval-$1"
 }
 
 evaluate() {  # [ROW...]

@@ -12,10 +12,9 @@
 #   bash scripts/gpu_run.sh OUT_DIR --dry-run    # the same steps on this CPU at tiny sizes, in under 3 minutes
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: $0 OUT_DIR [--dry-run]}
-DRY=${2:-}
-[ -z "$DRY" ] || [ "$DRY" = --dry-run ] || { echo "usage: $0 OUT_DIR [--dry-run]" >&2; exit 2; }
-PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+source scripts/common.sh
+out_dir_args "$0" "$@"
+PY=${PY:-$(default_python)}
 SPRITES=${SPRITES:-data/sprites.npz}
 source scripts/design.sh  # SELF_DESIGN, DINO_DESIGN: the architecture table's choice (docs/open-sets.md §9)
 START=$(date +%s)
@@ -75,9 +74,7 @@ train_both() {  # side by side for the minutes left, less a minute to pack
     train_one self "$left" $SELF_DESIGN &
     # shellcheck disable=SC2086
     train_one dino "$left" $DINO_DESIGN &
-    local failed=0
-    for pid in $(jobs -p); do wait "$pid" || failed=1; done
-    [ $failed = 0 ] || { say "a training run failed: $OUT/work/m2m-*-tiny.log"; tail -5 "$OUT"/work/m2m-*-tiny.log; }
+    wait_all || { say "a training run failed: $OUT/work/m2m-*-tiny.log"; tail -5 "$OUT"/work/m2m-*-tiny.log; }
 }
 
 pack() {  # the models without their frozen parts, split in 15 MiB pieces; logs and curves in one archive

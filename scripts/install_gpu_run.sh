@@ -7,10 +7,9 @@
 #   bash scripts/install_gpu_run.sh OUT_DIR --dry-run    # tiny evaluation, installs into OUT_DIR/installed/ instead
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: $0 OUT_DIR [--dry-run]}
-DRY=${2:-}
-[ -z "$DRY" ] || [ "$DRY" = --dry-run ] || { echo "usage: $0 OUT_DIR [--dry-run]" >&2; exit 2; }
-PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+source scripts/common.sh
+out_dir_args "$0" "$@"
+PY=${PY:-$(default_python)}
 U="$OUT/unpacked"
 MARGIN=${MARGIN:-0}  # install where new > shipped + MARGIN (a test sets -1 to take the install path whatever scores)
 if [ -z "$DRY" ]; then

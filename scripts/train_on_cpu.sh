@@ -7,6 +7,7 @@
 #   bash scripts/train_on_cpu.sh install self|dino  # the last export into checkpoints/, by hand once it scores better
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 source scripts/design.sh
 PY=${PY:-.venv/bin/python}
 R=${R:-runs/train-on}
@@ -30,11 +31,8 @@ train_chunk() {  # VARIANT
 }
 
 score() {  # VARIANT: the export on both sources, then its ledger row
-    local v=$1 out="$R/m2m-$v-tiny"
-    OMP_NUM_THREADS=1 $PY -m train.evaluation.evaluate --checkpoint "$out/pipeline" --data open:simple \
-        --contexts 4 --sets 32 --generate 2 --steps 15 --out "$out/eval-simple.json" > "$out/eval-simple.log" 2>&1
-    OMP_NUM_THREADS=1 $PY -m train.evaluation.evaluate --checkpoint "$out/pipeline" --data open:heldout \
-        --contexts 4 --sets 64 --generate 2 --steps 15 --out "$out/eval-heldout.json" > "$out/eval-heldout.log" 2>&1
+    local v=$1 out="$R/m2m-$1-tiny"
+    score_both "$out/pipeline" "$out/eval"
     $PY -m train.evaluation.ledger add --model "$(tag "$v")" \
         --checkpoint "$out/pipeline" --evals "$out/eval-simple.json" "$out/eval-heldout.json" --log "$out/log.csv"
 }
