@@ -171,13 +171,6 @@ def cross_attentions(unet: UNet2DConditionModel) -> Iterator[tuple[str, Attentio
             yield name, module
 
 
-def self_attentions(unet: UNet2DConditionModel) -> Iterator[tuple[str, Attention]]:
-    """(name, module) of the self-attention beside every cross-attention: where reference attention reads."""
-    for name, module in unet.named_modules():
-        if name.endswith("attn1") and isinstance(module, Attention):
-            yield name, module
-
-
 def isa_modules(unet: UNet2DConditionModel, isa: ImageSetAttention) -> Iterator[tuple[IsaLayer, Attention]]:
     for name, attn in cross_attentions(unet):
         yield isa.layer(name), attn
@@ -201,13 +194,14 @@ class SelfAttnProcessor(AttnProcessor2_0):
 
 
 class ReferenceAttnProcessor:
-    """Self-attention that also attends to its layer's tokens of the most recent clean context images."""
+    """Self-attention that also attends to its layer's tokens of the most recent clean context images (how many:
+    `ImageSetAttention.config.reference_images`, which the context of each call carries)."""
 
-    def __init__(self, name: str, window: int):
-        self.name, self.window = name, window
+    def __init__(self, name: str):
+        self.name = name
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, isa=None):
-        return (isa or NullContext()).reference(self.name, self.window, attn, hidden_states)
+        return (isa or NullContext()).reference(self.name, attn, hidden_states)
 
 
 def install(unet: UNet2DConditionModel, isa: ImageSetAttention) -> None:
@@ -221,14 +215,13 @@ def install(unet: UNet2DConditionModel, isa: ImageSetAttention) -> None:
     missing = [n for n in names if _key(n) not in isa.layers]
     if missing or len(names) != len(isa.layers):
         raise ValueError(f"ISA weights do not match this UNet's cross-attentions (first missing: {missing[:1]})")
-    window = isa.config.reference_images
     processors = {}
     for name in unet.attn_processors:
         module = name.removesuffix(".processor")
         if module in names:
             processors[name] = ImageSetAttnProcessor(isa.layer(module))
-        elif window and module.endswith("attn1"):
-            processors[name] = ReferenceAttnProcessor(module, window)
+        elif isa.config.reference_images and module.endswith("attn1"):
+            processors[name] = ReferenceAttnProcessor(module)
         else:
             processors[name] = SelfAttnProcessor()
     unet.set_attn_processor(processors)
@@ -251,7 +244,7 @@ class NullContext:
     def attend(self, layer: IsaLayer, attn: Attention, hidden: Tensor) -> Tensor:
         return attend(attn, hidden, *layer.null_kv(attn))
 
-    def reference(self, name: str, window: int, attn: Attention, hidden: Tensor) -> Tensor:
+    def reference(self, name: str, attn: Attention, hidden: Tensor) -> Tensor:
         return attend(attn, hidden, *self_kv(attn, hidden))
 
 
@@ -265,7 +258,7 @@ class RecordContext(NullContext):
         self.kv[layer.name] = layer.project(attn, hidden)  # (N, L, inner) each
         return super().attend(layer, attn, hidden)
 
-    def reference(self, name: str, window: int, attn: Attention, hidden: Tensor) -> Tensor:
+    def reference(self, name: str, attn: Attention, hidden: Tensor) -> Tensor:
         self.kv[name] = self_kv(attn, hidden)  # (N, T, inner) each: unpooled
         return attend(attn, hidden, *self.kv[name])
 
@@ -281,7 +274,7 @@ class CachedContext:
         self.kv, self.n_cond = kv, n_cond  # kv: (1, L, inner) each; None = every row sees the context
         self.full: dict[str, KV] = {}  # null + context K/V, built at the first step and reused
 
-    def reference(self, name: str, window: int, attn: Attention, hidden: Tensor) -> Tensor:
+    def reference(self, name: str, attn: Attention, hidden: Tensor) -> Tensor:
         """Each row attends to itself; the cond rows also to the reference tokens (`kv[name]`: the window's)."""
         (k, v), (rk, rv), n = self_kv(attn, hidden), self.kv[name], self.n_cond  # (B, T, inner), (1, W*T, inner)
         n = hidden.shape[0] if n is None else n
@@ -316,9 +309,10 @@ class SetContext:
     """
 
     def __init__(self, sees_context: Tensor, tokens: Tensor | None = None, recent: int | None = None,
-                 older_tokens: int | None = None):  # fmt: skip
+                 older_tokens: int | None = None, reference_images: int = 0):  # fmt: skip
         self.sees, self.tokens = sees_context, tokens
         self.recent, self.older_tokens = recent, older_tokens  # ImageSetAttention's recent / older context
+        self.reference_images = reference_images  # and how many clean images reference attention reads
 
     def attend(self, layer: IsaLayer, attn: Attention, hidden: Tensor) -> Tensor:
         b, k = self.sees.shape
@@ -351,14 +345,15 @@ class SetContext:
         older = (gap > self.recent).repeat_interleave(coarse, 1)[None] & self.sees[:, img_q, None]  # (B, K*T, K*L')
         return torch.cat([mask[:, :, :n0], full, older], 2)
 
-    def reference(self, name: str, window: int, attn: Attention, hidden: Tensor) -> Tensor:
-        """Noisy image i attends to itself and to clean images i-1 .. i-window (the same layer, unpooled)."""
+    def reference(self, name: str, attn: Attention, hidden: Tensor) -> Tensor:
+        """Noisy image i attends to itself and to clean images i-1 .. i-W (the same layer, unpooled)."""
+        window = self.reference_images
         clean, noisy = hidden.chunk(2)  # (B*K, T, C) each
         (ck, cv), (nk, nv) = self_kv(attn, clean), self_kv(attn, noisy)  # (B*K, T, inner)
         out_clean = attend(attn, clean, ck, cv)  # the clean pass, as at inference: each image alone
         keys = torch.cat([nk, *(self.shifted(ck, d) for d in range(1, window + 1))], 1)  # (B*K, (1+W)*T, inner)
         values = torch.cat([nv, *(self.shifted(cv, d) for d in range(1, window + 1))], 1)
-        out = attend(attn, noisy, keys, values, self.reference_mask(window, noisy.shape[1]))  # (B*K, T, C)
+        out = attend(attn, noisy, keys, values, self.reference_mask(noisy.shape[1]))  # (B*K, T, C)
         return torch.cat([out_clean, out])
 
     def shifted(self, x: Tensor, d: int) -> Tensor:
@@ -366,9 +361,9 @@ class SetContext:
         sets = x.unflatten(0, self.sees.shape)  # (B, K, T, inner)
         return torch.cat([torch.zeros_like(sets[:, :d]), sets[:, :-d]], 1).flatten(0, 1)
 
-    def reference_mask(self, window: int, t: int) -> Tensor:
+    def reference_mask(self, t: int) -> Tensor:
         """(B*K, 1, (1+W)*T): its own tokens always; image i - d's when it exists and image i sees its context."""
-        b, k = self.sees.shape
+        b, k, window = *self.sees.shape, self.reference_images
         i = torch.arange(k, device=self.sees.device)[None, :, None]  # (1, K, 1)
         d = torch.arange(1, window + 1, device=self.sees.device)[None, None]  # (1, 1, W)
         refs = (i >= d) & self.sees[..., None]  # (B, K, W)

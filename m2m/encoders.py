@@ -145,7 +145,7 @@ class DinoEncoder(ContextEncoder):
 def set_context(isa: ImageSetAttention, sees_context: Tensor, tokens: Tensor | None = None) -> SetContext:
     """Teacher forcing's context, with the model's pooling of older images."""
     cfg = isa.config
-    return SetContext(sees_context, tokens, cfg.recent_context_images, cfg.older_context_tokens)
+    return SetContext(sees_context, tokens, cfg.recent_context_images, cfg.older_context_tokens, cfg.reference_images)
 
 
 ENCODERS: dict[str, type[ContextEncoder]] = {"self": SelfEncoder, "dino": DinoEncoder}  # keys: VARIANTS

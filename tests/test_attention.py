@@ -213,7 +213,7 @@ def test_reference_attention_adds_no_weight_and_reads_the_window(micro):
     assert all(torch.equal(a, b) for a, b in weights)
     assert plain.isa.state_dict().keys() == ref.isa.state_dict().keys()
     sees = torch.tensor([[True, True, False, True, True]])  # image 2 drops its context
-    mask = SetContext(sees).reference_mask(2, t=1)[:, 0]  # (K, 1 + W): itself, image i-1, image i-2
+    mask = SetContext(sees, reference_images=2).reference_mask(t=1)[:, 0]  # (K, 1 + W): itself, image i-1, i-2
     expected = [[1, 0, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 1]]
     assert mask.int().tolist() == expected
     latents, pixels, timesteps, noise = fixed_batch(plain, 1, 4)
