@@ -16,6 +16,7 @@ source scripts/common.sh
 out_dir_args "$0" "$@"
 PY=${PY:-$(default_python)}
 SPRITES=${SPRITES:-data/sprites.npz}
+[ -f "$SPRITES" ] || [ ! -f data/sprites-gpu.npz.xz ] || SPRITES=data/sprites-gpu.npz.xz  # scripts/device_tree.sh's pack
 source scripts/design.sh  # SELF_DESIGN, DINO_DESIGN: the architecture table's choice (docs/open-sets.md §9)
 START=$(date +%s)
 if [ -z "$DRY" ]; then
@@ -48,7 +49,7 @@ EOF
     for v in self dino; do
         [ -f "checkpoints/m2m-$v-tiny/model_index.json" ] || { say "no checkpoints/m2m-$v-tiny"; exit 1; }
     done
-    [ -f "$SPRITES" ] || say "no drawings' atlas at $SPRITES: the sets are drawn without drawings (carry data/)"
+    [ -f "$SPRITES" ] || say "no drawings' atlas at $SPRITES: the sets are drawn without drawings (scripts/device_tree.sh)"
 }
 
 bench() {  # NAME SECONDS COMMAND...: a bench under its time limit; a bench that fails or overruns is logged, not fatal

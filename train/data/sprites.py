@@ -4,6 +4,7 @@ Both come from Debian, offline and public domain / OFL:
 
     apt-get install openclipart-png fonts-noto-color-emoji    # 8,121 drawings; the font's emoji
     python -m train.data.sprites --out data/sprites.npz            # 7,184 + 1,285 sprites (4 min here)
+    python -m train.data.sprites --pack data/sprites-gpu.npz.xz --max-mb 14   # a subset for a small upload
 
 A sprite is the drawing cropped to its opaque part, centred on a transparent square and resized,
 stored with premultiplied alpha (so that warping it mixes colours correctly). A tenth of the
@@ -14,7 +15,9 @@ draws only those, the others never.
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
+import lzma
 import sys
 import zlib
 from collections.abc import Iterator
@@ -94,20 +97,60 @@ def build(out: Path, size: int = 64) -> dict[str, int]:
 
 
 def load_sprites(split: str, path: str | Path | None = None) -> torch.Tensor | None:
-    """This split's sprites (n, 4, h, w) uint8: held-out drawings for `hard`, the others else; None if no atlas."""
+    """This split's sprites (n, 4, h, w) uint8: held-out drawings for `hard`, the others else; None if no atlas.
+
+    An atlas ending in `.xz` is an uncompressed `.npz` packed with xz (`pack`).
+    """
     path = Path(path) if path else DEFAULT_ATLAS
     if not path.exists():
         return None
-    with np.load(path) as atlas:
+    source = io.BytesIO(lzma.decompress(path.read_bytes())) if path.suffix == ".xz" else path
+    with np.load(source) as atlas:
         keep = atlas["heldout"] == (split == "hard")
+        if not keep.any():
+            raise ValueError(f"{path} has no sprites for the {split!r} split (a packed atlas keeps only training ones)")
         return torch.from_numpy(atlas["rgba"][keep])
+
+
+def pack(atlas: Path, out: Path, max_mb: float) -> dict[str, float]:
+    """The training sprites, evenly thinned until xz packs them into max_mb: for an upload with a size limit.
+
+    Held-out drawings are left out (only the `hard` split draws them). The size per sprite is measured on
+    a tenth first, then the pack is made once, and made again smaller in the rare case that it overshoots.
+    """
+    with np.load(atlas) as a:
+        train = ~a["heldout"]
+        rgba, names = a["rgba"][train], a["names"][train]  # (n, 4, h, w)
+
+    def packed(n: int) -> bytes:
+        pick = np.linspace(0, len(rgba) - 1, n).round().astype(int)  # spread over clip art and emoji alike
+        buf = io.BytesIO()
+        np.savez(buf, rgba=rgba[pick], names=names[pick], heldout=np.zeros(n, bool))
+        return lzma.compress(buf.getvalue())
+
+    probe = max(1, len(rgba) // 10)
+    n = min(len(rgba), int(max_mb * 1e6 / (len(packed(probe)) / probe) * 0.97))
+    while len(data := packed(n)) > max_mb * 1e6:
+        n = int(n * 0.95)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    return {"sprites": n, "of": len(rgba), "mb": round(len(data) / 1e6, 2)}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_ATLAS)
     p.add_argument("--size", type=int, default=64)
-    print(build(**vars(p.parse_args(argv))))
+    p.add_argument("--pack", type=Path, help="instead: pack --atlas's training sprites into this .npz.xz")
+    p.add_argument("--atlas", type=Path, default=DEFAULT_ATLAS, help="the atlas that --pack reads")
+    p.add_argument("--max-mb", type=float, default=14.0, help="--pack's size limit (MB)")
+    args = p.parse_args(argv)
+    if args.pack:
+        if args.pack.suffix != ".xz":
+            p.error("--pack writes an .xz file (name it *.npz.xz)")
+        print(pack(args.atlas, args.pack, args.max_mb))
+    else:
+        print(build(args.out, args.size))
 
 
 if __name__ == "__main__":
