@@ -18,10 +18,14 @@ from train.data.open_sets import (
     FAMILIES,
     HARD_FAMILIES,
     HARD_HUES,
+    INSTANCES,
+    MAX_COUNTS,
     OpenBatches,
     OpenSets,
     draw_sets,
+    lowbias32,
     render,
+    set_key,
     set_record,
 )
 from train.data.sprites import is_heldout, to_sprite
@@ -36,6 +40,39 @@ def test_a_set_is_fixed_by_its_split_seed_and_index():
     assert torch.equal(a[1], b[0])  # the same set in any batch
     assert not torch.equal(OpenSets("train", seed=1).batch([7], 4), b)
     assert not torch.equal(OpenSets("heldout").batch([7], 4), b)  # held-out: another seed stream
+
+
+def test_a_sets_parameters_do_not_depend_on_its_batch_or_its_place_there():
+    batch, alone = draw_sets("train", [5, 9, 2], 6, n_sprites=7), draw_sets("train", [9], 6, n_sprites=7)
+    assert all(torch.equal(batch[key][1], alone[key][0]) for key in batch)
+    as_range = draw_sets("train", range(4, 10), 6, n_sprites=7)  # a range is made on the device
+    assert all(torch.equal(as_range[key][5], alone[key][0]) for key in batch)
+
+
+def exact_lowbias32(x: int) -> int:
+    """The reference in Python ints, which never overflow."""
+    x ^= x >> 16
+    x = x * 0x7FEB352D % 2**32
+    x ^= x >> 15
+    x = x * 0x846CA68B % 2**32
+    return x ^ (x >> 16)
+
+
+def test_the_hash_is_exact_32_bit_arithmetic_in_int64():
+    values = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, *np.random.default_rng(0).integers(0, 2**32, 2000).tolist()]
+    assert lowbias32(torch.tensor(values)).tolist() == [exact_lowbias32(v) for v in values]
+    seed = 2**40 + 3  # seeds and indices past 32 bits too
+    assert set_key("heldout", torch.arange(10), seed).tolist() == [set_key("heldout", i, seed) for i in range(10)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_draws_the_sets_the_cpu_draws():
+    cpu, cuda = draw_sets("hard", range(64), 5, n_sprites=9), draw_sets("hard", range(64), 5, 0, 9, "cuda")
+    for key, v in cpu.items():
+        if v.is_floating_point():  # up to float rounding
+            torch.testing.assert_close(cuda[key].cpu(), v, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(cuda[key].cpu(), v), key
 
 
 def test_the_first_images_of_a_set_do_not_depend_on_its_length():
@@ -74,6 +111,52 @@ def test_the_hard_split_holds_hues_and_families_that_training_never_sees():
     held = {FAMILIES.index(f) for f in HARD_FAMILIES}
     assert not held & set(train["family"].tolist())
     assert set(hard["family"].tolist()) <= held
+
+
+def close(values: torch.Tensor, expected: list[float]) -> bool:
+    """The frequencies of values 0, 1, ... are within 4.5 standard errors of `expected`."""
+    expected = torch.tensor(expected, dtype=torch.float64)
+    observed = torch.bincount(values.flatten().long(), minlength=len(expected)).double() / values.numel()
+    return bool(((observed - expected).abs() <= 4.5 * (expected * (1 - expected) / values.numel()).sqrt()).all())
+
+
+def test_sets_keep_the_distributions_of_the_code():
+    n = 3000
+    train, hard = draw_sets("train", range(n), 1, n_sprites=4), draw_sets("hard", range(n), 1, n_sprites=4)
+    for sets, split in ((train, "train"), (hard, "hard")):
+        families = [f for f in FAMILIES if (f in HARD_FAMILIES) == (split == "hard") or f == "drawing"]
+        assert close(sets["family"], [(f in families) / len(families) for f in FAMILIES])
+    assert close(train["sprite"][train["sprite"] >= 0], [1 / 4] * 4)  # the atlas's drawings alike
+    union = train["family"] == FAMILIES.index("union")  # 2 or 3 primitives, the other families 1 (hard's 2)
+    assert close(train["prim_active"][union].sum(-1) - 2, [1 / 2, 1 / 2])
+    assert bool((train["prim_active"][~union].sum(-1) == 1).all())
+    assert torch.equal(hard["prim_active"].sum(-1), torch.where(hard["sprite"] >= 0, 1, 2))
+    max_counts = [MAX_COUNTS.count(m) / len(MAX_COUNTS) for m in range(INSTANCES + 1)]
+    assert close(train["max_count"], max_counts)
+    counts = [sum(max_counts[m] / m for m in range(c, INSTANCES + 1)) for c in range(1, INSTANCES + 1)]
+    assert close(train["lay_active"][:, 0].sum(-1) - 1, counts)  # an image's count: 1 to its set's most
+    for key, expected in (("n_colours", [0] + [1 / 3] * 3), ("rendering", [1 / 4] * 4), ("background", [1 / 6] * 6),
+                          ("sprite_mode", [1 / 2, 1 / 4, 1 / 4]), ("shadow", [0.7, 0.3])):  # fmt: skip
+        assert close(train[key], expected), key
+    lo, hi = HARD_HUES
+    h = torch.tensor(hues({"palette": train["palette"], "n_colours": torch.full((n,), 3)}))  # all 3 colours
+    u = torch.where(h < lo, h, h - (hi - lo)) / (1 - (hi - lo))  # the hues with the band cut out, in [0, 1]
+    assert close((u * 9).long().clamp(max=8), [1 / 9] * 9)  # flat away from the band
+
+
+@pytest.mark.parametrize("split", ["simple", "simple-train"])
+def test_simple_sets_keep_the_distributions_of_the_code(split):
+    n = 3000
+    sets = draw_sets(split, range(n), 2, n_sprites=4)  # an atlas, which the simple splits never draw from
+    families = [f for f in FAMILIES if f != "drawing" and (split == "simple" or f not in HARD_FAMILIES)]
+    assert close(sets["family"], [(f in families) / len(families) for f in FAMILIES])
+    assert bool((sets["sprite"] == -1).all())
+    assert bool((sets["lay_active"].sum(-1) == 1).all()) and bool((sets["lay_colour"] == 0).all())  # one, flat
+    for key in ("background", "rendering", "shadow"):  # flat, flat, none
+        assert bool((sets[key] == 0).all()), key
+    union = sets["family"] == FAMILIES.index("union")
+    assert close(sets["prim_active"][union].sum(-1) - 2, [1 / 2, 1 / 2])
+    assert close(sets["sprite_mode"], [1 / 2, 1 / 4, 1 / 4])  # drawn as the full caption draws it, unused
 
 
 def test_one_set_through_the_loader_is_the_set_of_a_batch():

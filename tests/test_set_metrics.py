@@ -30,9 +30,9 @@ def open_sets() -> tuple[list[list], list[list]]:
     return split_sets("heldout")
 
 
-def split_sets(split: str) -> tuple[list[list], list[list]]:
-    """32 open sets of `split`: 3 context images and the 2 true next ones of each."""
-    sets = [to_pil(s) for s in OpenSets(split, seed=5).batch(list(range(2 * GROUP)), 5)]
+def split_sets(split: str, groups: int = 2) -> tuple[list[list], list[list]]:
+    """`groups` x 16 open sets of `split`: 3 context images and the 2 true next ones of each."""
+    sets = [to_pil(s) for s in OpenSets(split, seed=5).batch(range(groups * GROUP), 5)]
     return [s[:3] for s in sets], [s[3:] for s in sets]
 
 
@@ -79,8 +79,10 @@ def test_recoloured_keeps_lightness_and_turns_chroma():
 @pytest.mark.parametrize("split", ["heldout", "hard"])
 def test_colour_retrieval_ignores_a_change_no_one_sees_and_catches_one_anyone_sees(split):
     """JPEG q95 keeps the truth's score; a hue turned by 30 degrees or a halved saturation loses most of it.
-    (With 16 bins per axis the truth and its JPEG copy scored 0.94 on open:hard here.)"""
-    contexts, truth = split_sets(split)
+    (With 16 bins per axis the truth and its JPEG copy scored 0.94 on open:hard here.) Over 64 sets: on 32, the
+    turned hue's score spreads over 0.31-0.64 from one draw of sets to the next (mean 0.44-0.51, under the
+    per-set generators and the batched draws alike)."""
+    contexts, truth = split_sets(split, groups=4)
     metrics = SetMetrics(SetEmbedder(), GROUP)
     assert metrics(contexts, truth)["colour_retrieval"] >= 0.95
     assert metrics(contexts, [[as_jpeg(img, 95) for img in row] for row in truth])["colour_retrieval"] >= 0.95

@@ -15,27 +15,28 @@ and a little colour jitter, as MIS's images differ in their initial noise.
 
 Everything is rendered in batches with tensor ops (anti-aliased signed distances, sprites by
 affine `grid_sample`), on any device. Set `i` of a split is fixed by (split, seed, i): its
-parameters are drawn on the CPU by a generator of its own, so a set is the same in any batch,
-on CPU and CUDA (up to float rounding). Splits: `train`, `heldout` (a disjoint seed stream),
-`hard` (shape families, hues and drawings that `train` never sees), and `simple` / `simple-train`
-(one procedural shape in a flat colour on a flat background: scored on every family, and a curriculum's
-start, without `hard`'s families).
+parameters come from a counter-based hash of a key made of those three, drawn for a whole batch
+at once with integer tensor ops on the batch's device, so a set is the same in any batch, on CPU
+and CUDA (up to float rounding), and training never waits for a CPU. Splits: `train`, `heldout`
+(a disjoint seed stream), `hard` (shape families, hues and drawings that `train` never sees), and
+`simple` / `simple-train` (one procedural shape in a flat colour on a flat background: scored on
+every family, and a curriculum's start, without `hard`'s families).
 
     python -m train.data.open_sets --out data/open --sets 10000 --set-size 8   # MIS-layout shards
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -55,33 +56,95 @@ SPRITE_MODES = ("original", "tinted", "silhouette")
 SPLITS = {"train": 11, "heldout": 12, "hard": 13, "simple": 14, "simple-train": 15}  # disjoint seed streams
 SIMPLE_SPLITS = ("simple", "simple-train")  # one flat shape on a flat background: scored, and a curriculum's start
 PRIMS, INSTANCES, FOURIER = 3, 3, 4  # primitives per shape, instances per image, harmonics per curve
+MAX_COUNTS = (1, 1, 1, 2, 3)  # a set's most instances per image, equally likely; each image has 1 to that many
 MAX_SET = 25  # images per set, as in MIS
+MASK32 = 0xFFFFFFFF
+LAYOUT_STREAM = 1 << 16  # counter words of the images' own keys: beyond any caption draw
 
 
-class Draw:
-    """Random draws from one set's own generator."""
+# --- Draws: a counter-based hash, for whole batches on their device -------------------------------
 
-    def __init__(self, seed: int):
-        self.gen = torch.Generator().manual_seed(seed)
+
+def _mul32(x: int | Tensor, m: int) -> int | Tensor:
+    """x * m mod 2**32 for x < 2**32, in 16-bit halves of m: no product passes 2**48 (int64 on any device)."""
+    return (x * (m & 0xFFFF) + (((x * (m >> 16)) & 0xFFFF) << 16)) & MASK32
+
+
+def lowbias32(x: int | Tensor) -> int | Tensor:
+    """A 32-bit integer hash (C. Wellons' lowbias32) of an int or an int64 tensor of 32-bit values."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def mix(key: int | Tensor, word: int | Tensor) -> int | Tensor:
+    """A new 32-bit key from a key and a 32-bit word (ints or int64 tensors, broadcast)."""
+    return lowbias32(lowbias32((word + 0x9E3779B9) & MASK32) ^ key)
+
+
+class Draws:
+    """Uniform draws for many keys at once from a counter-based hash: draw n of a key is `mix(key, n)`.
+
+    Every key makes the same sequence of draws, so a batch of sets draws together with tensor ops on its device, and
+    a key's values depend on the key and their place in that sequence only, never on the batch.
+    """
+
+    def __init__(self, keys: Tensor, chunk: int = 64):
+        self.keys, self.chunk, self.used = keys, chunk, 0  # keys (...,) int64 in [0, 2**32)
+        self.bits = keys.new_empty(*keys.shape, 0)  # (..., N): the hashes made so far
+        self.fractions = self.bits.float()  # (..., N): the same as floats in [0, 1)
+
+    def _next(self, shape: tuple[int, ...]) -> slice:
+        n = math.prod(shape)
+        while self.bits.shape[-1] < self.used + n:  # made in chunks: the values do not depend on the chunking
+            made = self.bits.shape[-1]
+            counter = torch.arange(made, made + max(n, self.chunk), device=self.keys.device)  # (C,)
+            bits = mix(self.keys[..., None], counter)  # (..., C)
+            fractions = (bits >> 8).float() * 2**-24  # 24 bits: exact in float32 on any device
+            self.bits, self.fractions = torch.cat([self.bits, bits], -1), torch.cat([self.fractions, fractions], -1)
+        self.used += n
+        return slice(self.used - n, self.used)
+
+    def take(self, *shape: int) -> Tensor:
+        """The next hashes of every key: (..., *shape) int64 in [0, 2**32)."""
+        drawn = self._next(shape)  # before reading self.bits: it may make more
+        return self.bits[..., drawn].reshape(*self.keys.shape, *shape)
 
     def uniform(self, lo: float, hi: float, *shape: int) -> Tensor:
-        return lo + (hi - lo) * torch.rand(shape or (1,), generator=self.gen)
+        """Floats in [lo, hi): (..., *shape)."""
+        drawn = self._next(shape)
+        return lo + (hi - lo) * self.fractions[..., drawn].reshape(*self.keys.shape, *shape)
 
-    def integers(self, lo: int, hi: int, *shape: int) -> Tensor:
-        """Integers in [lo, hi]."""
-        return torch.randint(lo, hi + 1, shape or (1,), generator=self.gen)
+    def integers(self, lo: int, hi: int | Tensor, *shape: int) -> Tensor:
+        """Integers in [lo, hi]: (..., *shape); hi an int or a tensor of the keys' shape."""
+        span = hi - lo + 1
+        if isinstance(span, Tensor):
+            span = span.reshape(*span.shape, *(1,) * len(shape))
+        return lo + ((self.take(*shape) * span) >> 32)  # the high bits of a 32-bit fraction times the span
 
-    def choice(self, options: tuple | list | range) -> object:
-        return options[int(self.integers(0, len(options) - 1))]
+    def choice(self, options: tuple[int, ...] | list[int]) -> Tensor:
+        """One of `options` per key (repeats weigh): (...,), without copying the options to the device."""
+        i = self.integers(0, len(options) - 1)  # (...,)
+        value = torch.full_like(i, options[0])
+        for j in range(1, len(options)):
+            if options[j] != options[j - 1]:
+                value = value + (options[j] - options[j - 1]) * (i >= j)
+        return value
 
-    def chance(self, p: float) -> bool:
-        return bool(self.uniform(0, 1) < p)
+    def chance(self, p: float, *shape: int) -> Tensor:
+        return self.uniform(0, 1, *shape) < p
 
 
-def set_seed(split: str, index: int, seed: int = 0) -> int:
+def set_key(split: str, index: int | Tensor, seed: int = 0) -> int | Tensor:
+    """The 32-bit key of set `index` (an int, or an int64 tensor of them) of a split: all its draws come from it."""
     if split not in SPLITS:
         raise ValueError(f"open sets: the split must be one of {sorted(SPLITS)}, got {split!r}")
-    return int(np.random.SeedSequence([seed, index, SPLITS[split]]).generate_state(1)[0])
+    key = lowbias32(SPLITS[split])
+    for word in (seed & MASK32, (seed >> 32) & MASK32, index & MASK32, (index >> 32) & MASK32):
+        key = mix(key, word)
+    return key
 
 
 # --- Captions: what a set shares --------------------------------------------------------------
@@ -94,124 +157,152 @@ def hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
     return v[..., None] - v[..., None] * s[..., None] * (torch.minimum(k, 4 - k).clamp(0, 1))
 
 
-def draw_hue(d: Draw, split: str, n: int) -> Tensor:
-    """Hues anywhere but the hard band (train, heldout), or inside it (hard)."""
+def draw_hue(d: Draws, split: str, *shape: int) -> Tensor:
+    """Hues (B, *shape) anywhere but the hard band (train, heldout), or inside it (hard)."""
     lo, hi = HARD_HUES
     if split == "hard":
-        return d.uniform(lo, hi, n)
-    u = d.uniform(0, 1 - (hi - lo), n)
+        return d.uniform(lo, hi, *shape)
+    u = d.uniform(0, 1 - (hi - lo), *shape)
     return torch.where(u < lo, u, u + (hi - lo))
 
 
-def draw_colours(d: Draw, split: str) -> dict[str, Tensor]:
+def draw_colours(d: Draws, split: str) -> dict[str, Tensor]:
     """1-3 foreground colours, an accent and two background colours that contrast with them."""
-    n = int(d.integers(1, 3))
-    value = d.uniform(0.3, 1.0)
+    n = d.integers(1, 3)  # (B,)
+    value = d.uniform(0.3, 1.0)[:, None]  # (B, 1)
     fg = hsv_to_rgb(
         draw_hue(d, split, 3), d.uniform(0.25, 1.0, 3) ** 0.7, (value + d.uniform(-0.15, 0.15, 3)).clamp(0.2, 1)
-    )
-    accent = hsv_to_rgb(draw_hue(d, split, 1), d.uniform(0.0, 1.0, 1), d.uniform(0.1, 1.0, 1))[0]
+    )  # (B, 3, 3)
+    accent = hsv_to_rgb(draw_hue(d, split), d.uniform(0.0, 1.0), d.uniform(0.1, 1.0))  # (B, 3)
     train_split = "train" if split == "hard" else split  # backgrounds keep to the training hues
-    bg_value = (value + d.uniform(0.35, 0.65)) % 1.0
-    bg_h = draw_hue(d, train_split, 2)
-    bg_v = torch.cat([bg_value, (bg_value + d.uniform(-0.3, 0.3)).clamp(0.05, 1.0)])
-    bg = hsv_to_rgb(bg_h, d.uniform(0.0, 0.6, 2), bg_v.clamp(0.05, 1.0))
-    return {"palette": fg, "n_colours": torch.tensor(n), "accent": accent, "bg": bg}  # (3, 3), (), (3,), (2, 3)
+    bg_value = (value + d.uniform(0.35, 0.65)[:, None]) % 1.0  # (B, 1)
+    bg_h = draw_hue(d, train_split, 2)  # (B, 2)
+    bg_v = torch.cat([bg_value, (bg_value + d.uniform(-0.3, 0.3)[:, None]).clamp(0.05, 1.0)], -1)  # (B, 2)
+    bg = hsv_to_rgb(bg_h, d.uniform(0.0, 0.6, 2), bg_v.clamp(0.05, 1.0))  # (B, 2, 3)
+    return {"palette": fg, "n_colours": n, "accent": accent, "bg": bg}
 
 
-def draw_primitives(d: Draw, family: str) -> dict[str, Tensor]:
-    """Up to PRIMS primitives: radial kind (0 star, 1 superellipse, 2 curve), its parameters and placement."""
+def first(p: dict, n: int | Tensor) -> Tensor:
+    """The first n primitives (n an int or per set (B, 1)): (B|1, P)."""
+    return torch.arange(PRIMS, device=p["kind"].device) < n
+
+
+def draw_primitives(d: Draws, family: Tensor) -> dict[str, Tensor]:
+    """Up to PRIMS primitives (B, P, ...): radial kind (0 star, 1 superellipse, 2 curve), parameters, placement.
+
+    Every set draws every family's parameters, in one order; its family (B,) picks which apply.
+    """
+    b, device = family.shape[0], family.device
+    zeros = torch.zeros(b, PRIMS, device=device)
     p = {
-        "kind": d.integers(0, 2, PRIMS), "active": torch.tensor([True, False, False]),
-        "subtract": torch.zeros(PRIMS, dtype=torch.bool), "points": d.integers(3, 9, PRIMS).float(),
+        "kind": d.integers(0, 2, PRIMS), "active": (torch.arange(PRIMS, device=device) < 1).expand(b, -1),
+        "subtract": zeros.bool(), "points": d.integers(3, 9, PRIMS).float(),
         "inner": d.uniform(0.3, 1.0, PRIMS), "exponent": 2 ** d.uniform(-0.8, 2.5, PRIMS),
         "amp": d.uniform(-1, 1, PRIMS, FOURIER) * d.uniform(0.05, 0.25, PRIMS, 1),
-        "phase": d.uniform(0, 2 * math.pi, PRIMS, FOURIER), "hole": torch.zeros(PRIMS),
-        "offset": torch.zeros(PRIMS, 2), "scale": torch.ones(PRIMS), "rotation": d.uniform(0, 2 * math.pi, PRIMS),
-        "aspect": torch.ones(PRIMS),
+        "phase": d.uniform(0, 2 * math.pi, PRIMS, FOURIER), "hole": zeros,
+        "offset": torch.zeros(b, PRIMS, 2, device=device), "scale": zeros + 1,
+        "rotation": d.uniform(0, 2 * math.pi, PRIMS), "aspect": zeros + 1,
     }  # fmt: skip
-    FAMILY_SHAPES[family](d, p)
+    for shape, families in FAMILY_SHAPES:
+        on = functools.reduce(torch.logical_or, [family == FAMILIES.index(f) for f in families])  # (B,)
+        shape(d, p, on[:, None])
     return p
 
 
-def _polygon(d: Draw, p: dict) -> None:
-    p["kind"][0] = 0
-    if d.chance(0.4):  # a regular polygon: the inner vertices sit on its edges
-        p["inner"][0] = math.cos(math.pi / p["points"][0])
+def _polygon(d: Draws, p: dict, on: Tensor) -> None:
+    """`on` (B, 1): the sets of this family."""
+    regular = on & first(p, 1) & d.chance(0.4)[:, None]  # a regular polygon: the inner vertices sit on its edges
+    p["kind"] = torch.where(on & first(p, 1), 0, p["kind"])
+    p["inner"] = torch.where(regular, torch.cos(math.pi / p["points"]), p["inner"])
 
 
-def _superellipse(d: Draw, p: dict) -> None:
-    p["kind"][0], p["aspect"][0] = 1, d.uniform(0.45, 1.0)
+def _superellipse(d: Draws, p: dict, on: Tensor) -> None:
+    aspect, one = d.uniform(0.45, 1.0)[:, None], on & first(p, 1)  # (B, 1), (B, P)
+    p["kind"], p["aspect"] = torch.where(one, 1, p["kind"]), torch.where(one, aspect, p["aspect"])
 
 
-def _ring(d: Draw, p: dict) -> None:
-    p["kind"][0] = d.choice((0, 1, 1))
-    p["inner"][0] = math.cos(math.pi / p["points"][0])
-    p["hole"][0] = d.uniform(0.35, 0.75)
+def _ring(d: Draws, p: dict, on: Tensor) -> None:
+    kind, hole, one = d.choice((0, 1, 1))[:, None], d.uniform(0.35, 0.75)[:, None], on & first(p, 1)
+    p["kind"], p["hole"] = torch.where(one, kind, p["kind"]), torch.where(one, hole, p["hole"])
+    p["inner"] = torch.where(one, torch.cos(math.pi / p["points"]), p["inner"])
 
 
-def _cross(d: Draw, p: dict) -> None:
-    width, length = d.uniform(0.18, 0.45), d.uniform(0.8, 1.0)
-    p["active"][:2] = True
-    p["kind"][:2], p["exponent"][:2] = 1, d.uniform(4, 10)
-    p["aspect"][:2], p["scale"][:2] = width / length, length
-    p["rotation"][1] = p["rotation"][0] + math.pi / 2 + d.uniform(-0.3, 0.3)
+def _cross(d: Draws, p: dict, on: Tensor) -> None:
+    width, length = d.uniform(0.18, 0.45)[:, None], d.uniform(0.8, 1.0)[:, None]  # (B, 1)
+    exponent, turn = d.uniform(4, 10)[:, None], d.uniform(-0.3, 0.3)[:, None]
+    two, second = on & first(p, 2), on & first(p, 2) & ~first(p, 1)  # (B, P)
+    p["active"], p["kind"] = p["active"] | two, torch.where(two, 1, p["kind"])
+    p["exponent"], p["scale"] = torch.where(two, exponent, p["exponent"]), torch.where(two, length, p["scale"])
+    p["aspect"] = torch.where(two, width / length, p["aspect"])
+    p["rotation"] = torch.where(second, p["rotation"][:, :1] + math.pi / 2 + turn, p["rotation"])
 
 
-def _crescent(d: Draw, p: dict) -> None:
-    p["active"][:2], p["subtract"][1] = True, True
-    p["kind"][:2], p["exponent"][:2], p["aspect"][:2] = 1, 2.0, 1.0
-    angle, shift = d.uniform(0, 2 * math.pi), d.uniform(0.25, 0.6)
-    p["offset"][1] = shift * torch.cat([torch.cos(angle), torch.sin(angle)])
-    p["scale"][1] = d.uniform(0.75, 1.0)
+def _crescent(d: Draws, p: dict, on: Tensor) -> None:
+    angle, shift, scale = d.uniform(0, 2 * math.pi), d.uniform(0.25, 0.6), d.uniform(0.75, 1.0)[:, None]
+    two, second = on & first(p, 2), on & first(p, 2) & ~first(p, 1)  # (B, P)
+    p["active"], p["subtract"] = p["active"] | two, p["subtract"] | second
+    p["kind"], p["exponent"] = torch.where(two, 1, p["kind"]), torch.where(two, 2.0, p["exponent"])
+    p["aspect"], p["scale"] = torch.where(two, 1.0, p["aspect"]), torch.where(second, scale, p["scale"])
+    offset = shift[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], -1)  # (B, 2)
+    p["offset"] = torch.where(second[..., None], offset[:, None], p["offset"])  # (B, P, 2)
 
 
-def _curve(d: Draw, p: dict) -> None:
-    p["kind"][0] = 2
+def _curve(d: Draws, p: dict, on: Tensor) -> None:
+    p["kind"] = torch.where(on & first(p, 1), 2, p["kind"])
 
 
-def _union(d: Draw, p: dict) -> None:
-    n = int(d.integers(2, 3))
-    p["active"][:n] = True
-    p["scale"][:n] = d.uniform(0.4, 0.7, n)
-    p["offset"][:n] = d.uniform(-0.45, 0.45, n, 2)
-    p["aspect"][:n] = d.uniform(0.5, 1.0, n)
+def _union(d: Draws, p: dict, on: Tensor) -> None:
+    some = on & first(p, d.integers(2, 3)[:, None])  # (B, P): 2 or 3 primitives
+    scale, offset, aspect = d.uniform(0.4, 0.7, PRIMS), d.uniform(-0.45, 0.45, PRIMS, 2), d.uniform(0.5, 1.0, PRIMS)
+    p["active"], p["scale"] = p["active"] | some, torch.where(some, scale, p["scale"])
+    p["offset"] = torch.where(some[..., None], offset, p["offset"])  # (B, P, 2)
+    p["aspect"] = torch.where(some, aspect, p["aspect"])
 
 
-FAMILY_SHAPES = {
-    "polygon": _polygon, "superellipse": _superellipse, "ring": _ring, "cross": _cross, "crescent": _crescent,
-    "curve": _curve, "union": _union, "drawing": _polygon,  # a drawing's primitives stay unused
-}  # fmt: skip
+FAMILY_SHAPES = (  # each family's rule, in the order every set draws them; a drawing's primitives stay unused
+    (_polygon, ("polygon", "drawing")), (_superellipse, ("superellipse",)), (_ring, ("ring",)),
+    (_cross, ("cross",)), (_crescent, ("crescent",)), (_curve, ("curve",)), (_union, ("union",)),
+)  # fmt: skip
 
 
-def draw_caption(d: Draw, split: str, n_sprites: int) -> dict[str, Tensor]:
-    """Everything a set shares: shape or drawing, colours, background and rendering.
+def split_families(split: str) -> list[str]:
+    """The families a split's sets draw from, equally likely."""
+    if split in SIMPLE_SPLITS:  # procedural families, no drawings; the curriculum's never those of `hard`
+        return [f for f in FAMILIES if f != "drawing" and (split == "simple" or f not in HARD_FAMILIES)]
+    return [f for f in FAMILIES if (f in HARD_FAMILIES) == (split == "hard") or f == "drawing"]
+
+
+def draw_family(d: Draws, split: str, n_sprites: int) -> tuple[Tensor, Tensor]:
+    """The shape family (B,) of a split's sets and their drawing (B,), -1 for none.
 
     The draws do not depend on the atlas: without one, a drawing's set takes the split's first shape family, and the
     sprite is picked by a uniform draw scaled to the atlas, so every other parameter stays the same.
     """
-    families = [f for f in FAMILIES if (f in HARD_FAMILIES) == (split == "hard") or f == "drawing"]
-    if split in SIMPLE_SPLITS:  # procedural families, no drawings; the curriculum's never those of `hard`
-        families = [f for f in FAMILIES if f != "drawing" and (split == "simple" or f not in HARD_FAMILIES)]
-    family, pick = d.choice(families), float(d.uniform(0, 1))
-    if family == "drawing" and n_sprites == 0:
-        family = families[0]  # the split's first shape family
+    families = [FAMILIES.index(f) for f in split_families(split)]
+    family, pick = d.choice(families), d.uniform(0, 1)  # (B,), (B,)
+    drawing = family == FAMILIES.index("drawing")
+    if n_sprites == 0:
+        return torch.where(drawing, families[0], family), torch.full_like(family, -1)  # the split's first family
+    return family, torch.where(drawing, (pick * n_sprites).long().clamp(max=n_sprites - 1), -1)
+
+
+def draw_caption(d: Draws, split: str, n_sprites: int) -> dict[str, Tensor]:
+    """Everything a set shares: shape or drawing, colours, background and rendering; each (B, ...)."""
+    family, sprite = draw_family(d, split, n_sprites)
     caption = {
-        "family": torch.tensor(FAMILIES.index(family)),
-        "sprite": torch.tensor(min(int(pick * n_sprites), n_sprites - 1) if family == "drawing" else -1),
-        "sprite_mode": d.choice((0, 0, 1, 2)) * torch.ones((), dtype=torch.long),
+        "family": family, "sprite": sprite, "sprite_mode": d.choice((0, 0, 1, 2)),
         **{f"prim_{k}": v for k, v in draw_primitives(d, family).items()},
         **draw_colours(d, split),
-        "background": torch.tensor(d.choice(range(len(BACKGROUNDS)))),
-        "bg_freq": d.uniform(2, 10)[0], "bg_angle": d.uniform(0, math.pi)[0], "bg_contrast": d.uniform(0.15, 1)[0],
+        "background": d.integers(0, len(BACKGROUNDS) - 1),
+        "bg_freq": d.uniform(2, 10), "bg_angle": d.uniform(0, math.pi), "bg_contrast": d.uniform(0.15, 1),
         "bg_noise": d.uniform(0, 1, 1, 6, 6),
-        "rendering": torch.tensor(d.choice(range(len(RENDERINGS)))), "outline": d.uniform(0.05, 0.3)[0],
-        "outline_fill": torch.tensor(d.chance(0.5)), "pattern": torch.tensor(d.choice((0, 1))),
-        "pat_freq": d.uniform(6, 20)[0], "pat_angle": d.uniform(0, math.pi)[0], "light": d.uniform(0, 2 * math.pi)[0],
-        "shadow": torch.tensor(d.chance(0.3)), "shadow_offset": d.uniform(0.03, 0.08) * torch.tensor([1.0, 1.0]),
-        "max_count": d.choice((1, 1, 1, 2, 3)) * torch.ones((), dtype=torch.long),
-        "size": d.uniform(0.35, 0.75)[0], "spin": d.uniform(0, 1)[0] ** 2 * math.pi,
-        "base_rotation": d.uniform(0, 2 * math.pi)[0], "flips": torch.tensor(d.chance(0.5)),
+        "rendering": d.integers(0, len(RENDERINGS) - 1), "outline": d.uniform(0.05, 0.3),
+        "outline_fill": d.chance(0.5), "pattern": d.choice((0, 1)),
+        "pat_freq": d.uniform(6, 20), "pat_angle": d.uniform(0, math.pi), "light": d.uniform(0, 2 * math.pi),
+        "shadow": d.chance(0.3), "shadow_offset": d.uniform(0.03, 0.08)[:, None].repeat(1, 2),
+        "max_count": d.choice(MAX_COUNTS),
+        "size": d.uniform(0.35, 0.75), "spin": d.uniform(0, 1) ** 2 * math.pi,
+        "base_rotation": d.uniform(0, 2 * math.pi), "flips": d.chance(0.5),
     }  # fmt: skip
     return simplified(caption) if split in SIMPLE_SPLITS else caption
 
@@ -222,36 +313,41 @@ def simplified(caption: dict[str, Tensor]) -> dict[str, Tensor]:
     Overrides after every draw, so that the draw stream (and each set's shape) is the one the full caption takes.
     """
     flat = {"background": 0, "rendering": 0, "shadow": False, "n_colours": 1, "max_count": 1}
-    return caption | {key: torch.tensor(value, dtype=caption[key].dtype) for key, value in flat.items()}
+    return caption | {key: torch.full_like(caption[key], value) for key, value in flat.items()}  # each (B,)
 
 
-def draw_layout(d: Draw, caption: dict, k: int) -> dict[str, Tensor]:
-    """What differs between the k images of a set: count, positions, sizes, rotations, flips, jitter.
+def draw_layout(keys: Tensor, caption: dict, k: int) -> dict[str, Tensor]:
+    """What differs between the k images of the sets: count, positions, sizes, rotations, flips, jitter; (B, K, ...).
 
-    Always drawn for at least MAX_SET images, so that the first k images of a set do not depend on k.
+    Image j of a set draws from a key of its own, (set key, j), so the first k images of a set do not depend on k.
     """
-    k_asked, k = k, max(k, MAX_SET)
-    count = d.integers(1, int(caption["max_count"]), k)  # (K,)
-    active = torch.arange(INSTANCES)[None] < count[:, None]  # (K, M)
-    size = caption["size"] / count.float().sqrt()[:, None] * d.uniform(0.75, 1.15, k, INSTANCES)  # (K, M)
-    centre = d.uniform(-1, 1, k, INSTANCES, 2) * (1 - size[..., None]).clamp(min=0.05)  # (K, M, 2)
-    rotation = caption["base_rotation"] + caption["spin"] * d.uniform(-1, 1, k, INSTANCES)
-    flip = torch.where(caption["flips"] & (d.uniform(0, 1, k, INSTANCES) < 0.5), -1.0, 1.0)
-    colour = d.integers(0, int(caption["n_colours"]) - 1, k, INSTANCES)
-    layout = {"active": active, "size": size, "centre": centre, "rotation": rotation, "flip": flip,
-              "colour": colour, "jitter": d.uniform(-0.04, 0.04, k, 3)}  # fmt: skip
-    return {key: v[:k_asked] for key, v in layout.items()}
+    d = Draws(mix(keys[:, None], LAYOUT_STREAM + torch.arange(k, device=keys.device)), chunk=32)  # (B, K) keys
+    cap = {key: caption[key][:, None, None] for key in ("size", "base_rotation", "spin", "flips")}  # (B, 1, 1)
+    count = d.integers(1, caption["max_count"][:, None])  # (B, K)
+    active = torch.arange(INSTANCES, device=keys.device) < count[..., None]  # (B, K, M)
+    size = cap["size"] / count.float().sqrt()[..., None] * d.uniform(0.75, 1.15, INSTANCES)  # (B, K, M)
+    centre = d.uniform(-1, 1, INSTANCES, 2) * (1 - size[..., None]).clamp(min=0.05)  # (B, K, M, 2)
+    rotation = cap["base_rotation"] + cap["spin"] * d.uniform(-1, 1, INSTANCES)  # (B, K, M)
+    flip = torch.where(cap["flips"] & d.chance(0.5, INSTANCES), -1.0, 1.0)  # (B, K, M)
+    colour = d.integers(0, caption["n_colours"][:, None] - 1, INSTANCES)  # (B, K, M)
+    return {"active": active, "size": size, "centre": centre, "rotation": rotation, "flip": flip,
+            "colour": colour, "jitter": d.uniform(-0.04, 0.04, 3)}  # fmt: skip
 
 
-def draw_sets(split: str, indices: list[int], k: int, seed: int = 0, n_sprites: int = 0) -> dict[str, Tensor]:
-    """Captions (B, ...) and layouts (B, K, ...) of sets `indices` of a split, each from its own generator."""
-    captions, layouts = [], []
-    for i in indices:
-        d = Draw(set_seed(split, i, seed))
-        captions.append(draw_caption(d, split, n_sprites))
-        layouts.append(draw_layout(d, captions[-1], k))
-    stack = {key: torch.stack([c[key] for c in captions]) for key in captions[0]}
-    return stack | {f"lay_{key}": torch.stack([lay[key] for lay in layouts]) for key in layouts[0]}
+def draw_sets(
+    split: str, indices: Sequence[int], k: int, seed: int = 0, n_sprites: int = 0, device="cpu"
+) -> dict[str, Tensor]:
+    """Captions (B, ...) and layouts (B, K, ...) of sets `indices` (a range: made on the device) of a split.
+
+    All sets are drawn at once, with tensor ops on `device`; CPU and CUDA give the same values up to float rounding.
+    """
+    if isinstance(indices, range):  # made on the device: no copy from the host
+        index = torch.arange(indices.start, indices.stop, indices.step, device=device)  # (B,)
+    else:
+        index = torch.as_tensor(indices, dtype=torch.long, device=device)  # (B,)
+    keys = set_key(split, index, seed)  # (B,)
+    caption = draw_caption(Draws(keys, chunk=160), split, n_sprites)
+    return caption | {f"lay_{key}": v for key, v in draw_layout(keys, caption, k).items()}
 
 
 # --- Rendering: the same tensor ops on any device ------------------------------------------------
@@ -459,12 +555,12 @@ class OpenSets:
     size: int = SIZE
     sprites: Tensor | None = None  # (n, 4, h, w) uint8 RGBA, premultiplied: this split's drawings
 
-    def batch(self, indices: list[int], k: int, device="cpu") -> Tensor:
+    def batch(self, indices: Sequence[int], k: int, device="cpu") -> Tensor:
         n = 0 if self.sprites is None else self.sprites.shape[0]
-        sets = draw_sets(self.split, indices, k, self.seed, n)
+        sets = draw_sets(self.split, indices, k, self.seed, n, device)
         return render(sets, self.size, device, self.sprites)  # (B, K, 3, S, S)
 
-    def captions(self, indices: list[int]) -> list[str]:
+    def captions(self, indices: Sequence[int]) -> list[str]:
         n = 0 if self.sprites is None else self.sprites.shape[0]
         sets = draw_sets(self.split, indices, 1, self.seed, n)
         return [caption_text(sets, i) for i in range(len(indices))]
@@ -490,7 +586,7 @@ def set_record(split: str, index: int, k: int, seed: int = 0, sprites: Tensor | 
     return {
         "key": f"open-{split}-{index:07d}",
         "images": to_pil(pixels),
-        "meta": {"caption": caption_text(sets, 0), "seeds": {"set": set_seed(split, index, seed)},
+        "meta": {"caption": caption_text(sets, 0), "seeds": {"set": set_key(split, index, seed)},
                  "settings": {"source": "open", "split": split, "size": SIZE}},
     }  # fmt: skip
 
@@ -523,7 +619,7 @@ class OpenBatches:
             torch.randint(self.min_k, self.max_k + 1, (), generator=torch.Generator().manual_seed(self.seed * 7919 + i))
         )
         first = (i * self.world + self.rank) * self.b
-        return {"pixels": self.sets.batch(list(range(first, first + self.b)), k, self.device)}  # (B, K, 3, S, S)
+        return {"pixels": self.sets.batch(range(first, first + self.b), k, self.device)}  # (B, K, 3, S, S)
 
     def iterate(self, start: int) -> Iterator[dict[str, Tensor]]:
         """Batches start, start + 1, ...; each next one drawn and rendered in a thread while the current one trains
@@ -547,7 +643,6 @@ class OpenBatches:
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
-    import functools
 
     from train.data.shards import write_shards_cli
 
