@@ -79,6 +79,8 @@ def example_cards(examples: list[Example], per_row: int = 5) -> list[tuple[Examp
                         image = gr.Image(thumbnail_strip(e.images), label=e.task, interactive=False, height=80,
                                          format="png", buttons=[])  # fmt: skip
                         cards.append((e, image, gr.Button(e.label, size="sm")))
+                        if e.expect:
+                            gr.Markdown(f"Expected: {e.expect}.", elem_classes="expect")
     return cards
 
 

@@ -22,6 +22,7 @@ class Example:
     images: tuple[str, ...]
     task: str
     caption: str  # what the set is, e.g. "a plant growing"
+    expect: str = ""  # what the model is expected to make of it, e.g. "the plant a step taller each time"
     variant: str = "M2M-Self"
     num_images: int = 4
     steps: int = DEFAULTS.steps
@@ -46,14 +47,19 @@ def example_task(name: str) -> str:
 
 
 def find_examples(folder: Path) -> list[Example]:
-    """Every folder of PNGs under `folder`, captioned from captions.json (or its folder name), by task."""
+    """Every folder of PNGs under `folder`, captioned from captions.json (or its folder name), by task.
+
+    captions.json maps a folder to its caption, or to {"caption": ..., "expect": ...}.
+    """
     folders = sorted(d for d in folder.iterdir() if d.is_dir() and any(d.glob("*.png"))) if folder.is_dir() else []
     captions = json.loads((folder / "captions.json").read_text()) if (folder / "captions.json").is_file() else {}
-    found = [
-        Example(d.name, tuple(sorted(str(p) for p in d.glob("*.png"))), example_task(d.name),
-                captions.get(d.name, d.name.replace("-", " ")))
-        for d in folders
-    ]  # fmt: skip
+
+    def described(name: str) -> dict:
+        entry = captions.get(name, name.replace("-", " "))
+        return {"caption": entry} if isinstance(entry, str) else entry
+
+    found = [Example(d.name, tuple(sorted(str(p) for p in d.glob("*.png"))), example_task(d.name), **described(d.name))
+             for d in folders]  # fmt: skip
     order = list(captions)
     return sorted(found, key=lambda e: (list(TASKS).index(e.task), order.index(e.name) if e.name in order else 99))
 

@@ -253,8 +253,19 @@ def test_every_task_has_captioned_example_sets():
     assert [e.task for e in examples] == sorted((e.task for e in examples), key=list(TASKS).index)
     plant = next(e for e in examples if e.name == "procedure-grow-plant")
     assert plant.label == "a plant growing, 3 steps" and plant.task == TASK
+    assert all(e.expect for e in examples)  # each says what the model should make of it (issue 27 point 4)
     assert all(e.images and not e.caption.startswith(("mis", "nvs", "procedure")) for e in examples)
     assert thumbnail_strip(plant.images, height=50, gap=2).size == (154, 50)
+
+
+def test_an_example_caption_may_come_with_or_without_what_to_expect(tmp_path):
+    for name in ("plain", "described", "procedure-unlisted"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "1.png")
+    (tmp_path / "captions.json").write_text('{"plain": "a set", "described": {"caption": "b set", "expect": "more"}}')
+    found = {e.name: (e.caption, e.expect, e.task) for e in find_examples(tmp_path)}
+    assert found == {"plain": ("a set", "", "General"), "described": ("b set", "more", "General"),
+                     "procedure-unlisted": ("procedure unlisted", "", TASK)}  # fmt: skip
 
 
 def test_the_app_the_cli_and_the_pipeline_default_to_the_same_settings(models, tmp_path):
