@@ -51,7 +51,7 @@ def row(runs: Path, name: str, common: int | None) -> str | None:
     step, gain = context_gain(runs / name)
     if step is None:
         return None
-    at_common = context_gain(runs / name, upto=common)[1] if common else None
+    at_common = context_gain(runs / name, upto=common)[1] if common in gains(runs / name) else None
     cells = []
     for source in SOURCES:
         s = scores(runs, name, source)
@@ -70,9 +70,10 @@ def row(runs: Path, name: str, common: int | None) -> str | None:
 
 def table(runs: Path) -> str:
     names = list(dict.fromkeys([*ROWS, *sorted(p.name for p in runs.iterdir() if (p / "log.csv").exists())]))
-    scored = [n for n in names if (runs / f"eval-{n}-heldout.json").exists()]  # rows whose minutes are spent
-    logged = [set(gains(runs / n)) for n in scored if gains(runs / n)]
-    common = max(set.intersection(*logged), default=None) if logged else None  # where every scored row compares
+    # where every row compares at equal images: the last validation all of them reached (rows ran on machines of
+    # different speeds, so equal minutes gave 150 steps in one round and 590 in another)
+    logged = [set(gains(runs / n)) for n in names if gains(runs / n)]
+    common = max(set.intersection(*logged), default=None) if logged else None
     head = [f"| row | change | steps (images) | context gain | context gain at step {common} | simple colour "
             "| simple shape | heldout colour | heldout shape | simple shape floor / ceiling "
             "| heldout shape floor / ceiling |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip

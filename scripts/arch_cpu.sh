@@ -12,6 +12,10 @@
 # autoencoder, v-prediction, ISA in attn2 with 64 pooled context tokens, lr 5e-4 after 50 warm-up steps and then
 # near constant (a cosine over 100k steps, so that a run stopped by the clock is not favoured by its decay), EMA
 # 0.999, 8 sets of 2-6 images a step. Every other row changes one thing.
+# The rows scored so far drew their sets before the batched draws (commit ae963d4; every set's content changed
+# after it). A row meant to compare with them runs from a worktree at that commit, with R, SPRITES and PY here:
+#   git worktree add ../wt-table ae963d4 && cd ../wt-table && R=$OLDPWD/runs/arch SPRITES=$OLDPWD/data/sprites.npz \
+#       PY=$OLDPWD/.venv/bin/python bash scripts/arch_cpu.sh run curriculum
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh

@@ -27,7 +27,7 @@ if [ -z "$DRY" ]; then
                --modes plain self dino self-ref)
     FAST=(--compile --channels-last)
 else
-    DEVICE=cpu TOTAL_MIN=${TOTAL_MIN:-1.5} BENCH_S=40 COST_S=40 BATCH=2 K=2 PRECISION=no
+    DEVICE=cpu TOTAL_MIN=${TOTAL_MIN:-1.5} BENCH_S=240 COST_S=240 BATCH=2 K=2 PRECISION=no  # limits a loaded CPU meets
     BENCH_ARGS=(--batch-sets 2 --k 2 --steps 1 --warmup 0)
     COST_ARGS=(--preset tiny --latent-size 8 --steps 2 --repeats 1 --contexts 0 1 --modes plain self self-ref)
     FAST=()

@@ -172,3 +172,10 @@ def test_arch_table_gives_each_row_its_context_gain_and_both_sources(tmp_path):
     assert "| 100 (3.2k) | 15.0 % | 15.0 % |" in lines[2]  # the mean gain of the validations logged, and at the
     assert "context gain at step 100" in lines[0]  # last step every row logged (one row here)
     assert lines[2].count("0.250 ± 0.054") == 2 and lines[2].endswith("| 0.062 / 0.250 | 0.062 / 0.250 |")
+    (tmp_path / "lr").mkdir()  # a row on a slower machine, not scored: every row compares where it stopped
+    (tmp_path / "lr" / "log.csv").write_text(
+        "step,loss,lr,images_per_s,val_loss_context,val_loss_no_context,context_gain\n50,0.3,0.001,2,0.2,0.26,0.3\n"
+    )
+    lines = table(tmp_path).splitlines()
+    assert "context gain at step 50" in lines[0] and "| 100 (3.2k) | 15.0 % | 10.0 % |" in lines[2]
+    assert lines[3].startswith("| `lr` |") and "| 50 (1.6k) | 30.0 % | 30.0 % | — | — | — | — | — | — |" in lines[3]
