@@ -6,6 +6,7 @@
 (d) dino      M2M-DINO, context cache
 (e) self-ref  M2M-Self with reference attention to the most recent context images, context cache (and with
               --recent-context-images, ISA's older images pooled to --older-context-tokens)
+(f) self-last self-ref whose UNet also reads the last context image's latent (m2m/conditioning.py; the task models)
 
 A generated image's time covers its denoising loop and VAE decode and, for the cached modes,
 adding it to the cache (VAE encode + context pass) so that the set can go on. Encoding the given
@@ -39,7 +40,7 @@ from m2m.pipeline import M2MPipeline
 from m2m.presets import Preset, build_pipeline, get_preset
 from m2m.sampling import SamplingParams, make_scheduler
 
-MODES = ("plain", "self", "self-nc", "dino", "self-ref")
+MODES = ("plain", "self", "self-nc", "dino", "self-ref", "self-last")
 TEXT_TOKENS = 77
 
 
@@ -101,10 +102,12 @@ def build(preset: Preset, args, dtype) -> dict[str, object]:
     pipes = {"self": build_pipeline(preset, "self", seed=0)}
     if "dino" in args.modes:
         pipes["dino"] = build_pipeline(preset, "dino", seed=0)
+    design = preset.replace(reference_images=args.reference_images, older_context_tokens=args.older_context_tokens,
+                            recent_context_images=args.recent_context_images)  # fmt: skip
     if "self-ref" in args.modes:  # the same weights: reference attention adds none
-        design = preset.replace(reference_images=args.reference_images, older_context_tokens=args.older_context_tokens,
-                                recent_context_images=args.recent_context_images)  # fmt: skip
         pipes["self-ref"] = build_pipeline(design, "self", seed=0)
+    if "self-last" in args.modes:  # one more input convolution's channels
+        pipes["self-last"] = build_pipeline(design.replace(last_image_input=True), "self", seed=0)
     if args.device != "cpu" or dtype != torch.float32:
         for pipe in pipes.values():
             pipe.to(args.device, dtype)

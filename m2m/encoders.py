@@ -32,6 +32,7 @@ from m2m.attention import (
     cross_attentions,
     isa_modules,
 )
+from m2m.conditioning import unet_input
 from m2m.images import to_tensor
 
 if TYPE_CHECKING:
@@ -106,7 +107,8 @@ class SelfEncoder(ContextEncoder):
     def encode(self, parts: Parts, latents: Tensor) -> dict[str, KV]:
         record = RecordContext()
         timestep = torch.full((latents.shape[0],), CONTEXT_TIMESTEP, device=latents.device)
-        parts.unet(latents, timestep, encoder_hidden_states=None, cross_attention_kwargs={"isa": record})
+        sample = unet_input(parts.unet, latents)  # (N, 4|8, h, w): a clean image reads no last image
+        parts.unet(sample, timestep, encoder_hidden_states=None, cross_attention_kwargs={"isa": record})
         return record.kv
 
     def training_batch(self, parts, x0, xt, timesteps, sees_context, pixels=None):

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from transformers import Dinov2Model
 
 from m2m.attention import ImageSetAttention, install
+from m2m.conditioning import previous_latents, reads_last_image, unet_input
 from m2m.encoders import context_encoder
 
 
@@ -62,6 +63,8 @@ class M2MModel(nn.Module):
 
     def predict(self, x0: Tensor, xt: Tensor, timesteps: Tensor, sees_context: Tensor, pixels: Tensor | None) -> Tensor:
         sample, t, context = self.encoder.training_batch(self, x0, xt, timesteps, sees_context, pixels)
+        if reads_last_image(self.unet):  # the noisy images (the last B*K rows) read their predecessor's latent
+            sample = unet_input(self.unet, sample, previous_latents(x0, sees_context, sample.shape[0]))
         out = self.unet(sample, t, encoder_hidden_states=None, cross_attention_kwargs={"isa": context}).sample
         return out[-xt.shape[0] :]  # (B*K, 4, h, w): the noisy images' predictions
 

@@ -14,8 +14,9 @@ from torch import Tensor
 from transformers import Dinov2Model
 
 from m2m.attention import CachedContext, ImageSetAttention, install
-from m2m.encoders import ContextCache, ContextEncoder, context_encoder
-from m2m.images import to_model_size, to_pil
+from m2m.conditioning import reads_last_image, unet_input
+from m2m.encoders import ContextCache, ContextEncoder, context_encoder, vae_latents
+from m2m.images import to_model_size, to_pil, to_tensor
 from m2m.sampling import SamplingParams, context_window, image_seed, make_scheduler
 
 
@@ -96,19 +97,29 @@ class M2MPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def denoise(
-        self, context: Callable[[], CachedContext | None], seed: int, params: SamplingParams, on_step=None
+        self,
+        context: Callable[[], CachedContext | None],
+        seed: int,
+        params: SamplingParams,
+        on_step=None,
+        last: Tensor | None = None,
     ) -> Tensor:
-        """Sampling of one latent from the noise of `seed`; `context()` gives what ISA attends to at each step."""
+        """Sampling of one latent from the noise of `seed`; `context()` gives what ISA attends to at each step, and
+        `last` (1, 4, h, w) the last context image's latent, for a UNet that reads it (m2m/conditioning.py)."""
         sched = make_scheduler(self.scheduler, params.scheduler)
         sched.set_timesteps(params.steps, device=self.device)
         size = self.unet.config.sample_size
-        shape = (1, self.unet.config.in_channels, size, size)
+        shape = (1, self.unet.config.out_channels, size, size)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))  # CPU noise: same on every device
         latent = noise.to(self.device, self.unet.dtype) * sched.init_noise_sigma  # (1, 4, h, w)
         for t in sched.timesteps:
             ctx = context()
             guided = ctx is not None and params.guidance != 1.0
             x = sched.scale_model_input(torch.cat([latent] * 2) if guided else latent, t)  # (1|2, 4, h, w)
+            if ctx is not None and last is not None:  # the unconditional row reads no last image either
+                x = unet_input(self.unet, x, torch.cat([last, torch.zeros_like(last)]) if guided else last)
+            else:
+                x = unet_input(self.unet, x)  # (1|2, 4|8, h, w)
             pred = self.unet(x, t, encoder_hidden_states=None, cross_attention_kwargs={"isa": ctx}).sample
             if guided:
                 cond, uncond = pred.chunk(2)
@@ -164,8 +175,15 @@ class M2MPipeline(DiffusionPipeline):
         n_cond = 1 if params.guidance != 1.0 else None  # guidance batch: [cond; uncond]
         ctx = self._context_for(context_window(index, params.max_context), images, cache, n_cond)
         seed = image_seed(params.seed, index)
-        pixels = self.decode(self.denoise(ctx, seed, params, on_step))  # (1, 3, H, W)
+        last = self.last_latent(images) if index and reads_last_image(self.unet) else None
+        pixels = self.decode(self.denoise(ctx, seed, params, on_step, last))  # (1, 3, H, W)
         return GeneratedImage(index, seed, to_pil(pixels)[0], (pixels[0].float().cpu() + 1) / 2)
+
+    @torch.no_grad()
+    def last_latent(self, images: list[Image.Image]) -> Tensor:
+        """The last prepared image's latent (1, 4, h, w), for a UNet that reads it: one encode per new image."""
+        pixels = to_tensor(images[-1:]).to(self.device, self.vae.dtype)
+        return vae_latents(self.vae, pixels).to(self.unet.dtype)
 
     def _context_for(self, window, images, cache, n_cond) -> Callable[[], CachedContext | None]:
         """Cached: one context for every step. Recomputed (the paper's way): the window re-encoded each step."""

@@ -38,6 +38,7 @@ class Preset:
     older_context_tokens: int = 16  # at max_context_tokens, the paper's): a flat cost per image as the set grows
     hub_id: str | None = None  # Stable Diffusion weights
     image_encoder_hub_id: str | None = None
+    last_image_input: bool = False  # the UNet also reads the last context image's latent (m2m/conditioning.py)
     vae_colour_path: bool = False  # ColourAutoencoderKL: a tiny autoencoder that keeps colour (m2m/autoencoder.py)
 
     def replace(self, **changes: Any) -> Preset:
@@ -140,7 +141,8 @@ def build_pipeline(preset: Preset | str, variant: str = "self", seed: int = 0) -
     """The preset's architecture with random weights, built from config: nothing is downloaded."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**preset.unet)
+    in_channels = preset.unet["out_channels"] * (2 if preset.last_image_input else 1)  # [noisy; last image]
+    unet = UNet2DConditionModel(**{**preset.unet, "in_channels": in_channels})
     vae = build_autoencoder(preset)
     encoder = Dinov2Model(Dinov2Config(**preset.image_encoder)) if needs_image_encoder(variant) else None
     isa = build_isa(preset, unet, variant)

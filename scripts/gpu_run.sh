@@ -24,12 +24,12 @@ if [ -z "$DRY" ]; then
     # eager, to fit in its seconds: the compiled rate is the training runs' (images_per_s in their log.csv)
     BENCH_ARGS=(--batch-sets "$BATCH" --k "$K" --steps 8 --warmup 2 --channels-last)
     COST_ARGS=(--preset sd21-base --device cuda --dtype fp16 --steps 20 --repeats 1 --contexts 1 16
-               --modes plain self dino self-ref)
+               --modes plain self dino self-ref self-last)
     FAST=(--compile --channels-last)
 else
     DEVICE=cpu TOTAL_MIN=${TOTAL_MIN:-1.5} BENCH_S=240 COST_S=240 BATCH=2 K=2 PRECISION=no  # limits a loaded CPU meets
     BENCH_ARGS=(--batch-sets 2 --k 2 --steps 1 --warmup 0)
-    COST_ARGS=(--preset tiny --latent-size 8 --steps 2 --repeats 1 --contexts 0 1 --modes plain self self-ref)
+    COST_ARGS=(--preset tiny --latent-size 8 --steps 2 --repeats 1 --contexts 0 1 --modes plain self self-ref self-last)
     FAST=()
 fi
 mkdir -p "$OUT/work"

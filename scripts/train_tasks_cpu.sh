@@ -9,6 +9,8 @@
 #   adapter   a LoRA (rank 16) over the shipped open-set base, its ISA trained in full
 #   scratch   a new half-width pipeline trained on the task's data alone (the colour autoencoder and, for
 #             M2M-DINO, the shipped DINOv2 frozen); full pipelines, small enough to ship four
+#   scratch-last  scratch, with a UNet that also reads the last given image's latent (--last-image-input)
+#   tune-last     the shipped open-set base, fine-tuned in full, its UNet widened to read the last image too
 # M2M-Self takes the design of scripts/design.sh where it changes no weight's shape (reference attention).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,13 +31,15 @@ approach_flags() {  # APPROACH VARIANT
         scratch) local enc=""
                  [ "$2" = self ] || enc="--image-encoder checkpoints/m2m-$2-tiny/image_encoder"
                  echo "--unet-width 0.5 --vae checkpoints/vae-tiny-open $enc --lr 1e-3 --context-tokens 64 $design" ;;
-        *) echo "no approach $1: adapter or scratch" >&2; exit 2 ;;
+        scratch-last) echo "$(approach_flags scratch "$2") --last-image-input" ;;
+        tune-last) echo "--init checkpoints/m2m-$2-tiny --lr 2e-4 --last-image-input $design" ;;
+        *) echo "no approach $1: adapter, scratch, scratch-last or tune-last" >&2; exit 2 ;;
     esac
 }
 
 check() {  # APPROACH VARIANT TASK
     case $2:$3 in self:nvs | self:procedure | dino:nvs | dino:procedure) ;;
-        *) echo "usage: $0 run|eval|install adapter|scratch self|dino nvs|procedure" >&2; exit 2 ;; esac
+        *) echo "usage: $0 run|eval|install adapter|scratch|scratch-last|tune-last self|dino nvs|procedure" >&2; exit 2 ;; esac
     approach_flags "$1" "$2" > /dev/null
 }
 

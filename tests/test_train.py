@@ -158,12 +158,27 @@ def test_a_fine_tune_may_turn_reference_attention_on(start, tmp_path):
     assert set(before.isa.state_dict()) == set(after.isa.state_dict())
 
 
+def test_a_fine_tune_may_widen_its_input_to_the_last_image(start, tmp_path):
+    """--init with --last-image-input: the exported pipeline's UNet reads [noisy; last image] and loads back so;
+    only its first convolution changed shape."""
+    from m2m.conditioning import reads_last_image
+
+    train(parse_args(args(start, tmp_path / "run", 1, "--last-image-input", "--mixed-precision", "no")))
+    before, after = load_pipeline(start), load_pipeline(tmp_path / "run" / "pipeline")
+    assert not reads_last_image(before.unet) and reads_last_image(after.unet)
+    shapes = {name: tuple(w.shape) for name, w in before.unet.state_dict().items()}
+    changed = [name for name, w in after.unet.state_dict().items() if tuple(w.shape) != shapes[name]]
+    assert changed == ["conv_in.weight"]
+    assert len(after(num_images=2, num_inference_steps=1).images) == 2  # generates, the second from the first
+
+
 def test_architecture_flags_shape_a_new_model_and_are_refused_on_init(start):
     from train.training.m2m import new_model_preset
 
     cfg = parse_args(["--unet-width", "0.5", "--reference-images", "1", "--image-encoder-size", "256",
-                      "--recent-context-images", "4"])  # fmt: skip
+                      "--recent-context-images", "4", "--last-image-input"])  # fmt: skip
     preset = new_model_preset(cfg)
+    assert preset.last_image_input
     assert preset.unet["block_out_channels"] == (32, 64, 64)  # the tiny preset's (64, 128, 128), halved
     assert (preset.reference_images, preset.image_encoder_size) == (1, 256)
     assert (preset.recent_context_images, preset.older_context_tokens) == (4, 16)

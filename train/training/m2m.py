@@ -47,6 +47,7 @@ if not __package__:  # run by path: import from the repository root as `python -
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.adapters import add_lora, save_adapter
 from m2m.autoencoder import load_autoencoder
+from m2m.conditioning import add_last_image_input
 from m2m.encoders import vae_latents
 from m2m.images import to_pil
 from m2m.loading import TRAINING_RECORD, load_pipeline, training_record
@@ -77,6 +78,8 @@ class TrainConfig:
     older_context_tokens: int | None = None  # (the cost of a new image stays flat as the set grows)
     unet_width: float = 1.0  # a new model: the preset's UNet channels times this (0.5: the half-width UNet)
     image_encoder_size: int | None = None  # a new M2M-DINO: the encoder's input size (larger: more context tokens)
+    last_image_input: bool = False  # the UNet also reads the last image's latent (m2m/conditioning.py); with --init,
+    # its first convolution is widened with zero weights, so the model starts as the one loaded
     steps: int = 3000
     batch_sets: int = 8
     min_k: int = 2
@@ -177,6 +180,8 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise ValueError(f"--timestep-sampler {cfg.timestep_sampler!r}: choose from {TIMESTEP_SAMPLERS}")
     if cfg.zero_terminal_snr and cfg.lora_rank:  # an adapter keeps no scheduler: it samples with its base's
         raise ValueError("--zero-terminal-snr changes the noise schedule, which a LoRA adapter cannot carry")
+    if cfg.last_image_input and cfg.lora_rank:  # an adapter stores LoRA deltas, not a widened first convolution
+        raise ValueError("--last-image-input widens the UNet's input, which a LoRA adapter cannot carry")
 
 
 def build_start(cfg: TrainConfig) -> M2MPipeline:
@@ -192,6 +197,8 @@ def build_start(cfg: TrainConfig) -> M2MPipeline:
         if cfg.reference_images is not None:  # nor has reference attention: it reads the UNet's own self-attention
             pipe.set_reference_images(cfg.reference_images)
         pipe.isa.register_to_config(**older_context(cfg))
+        if cfg.last_image_input:
+            add_last_image_input(pipe.unet)
         return pipe
     preset = new_model_preset(cfg)
     if preset.hub_id is not None:
@@ -221,6 +228,8 @@ def new_model_preset(cfg: TrainConfig) -> Preset:
         changes["reference_images"] = cfg.reference_images
     if cfg.image_encoder_size is not None:
         changes["image_encoder_size"] = cfg.image_encoder_size
+    if cfg.last_image_input:
+        changes["last_image_input"] = True
     changes.update(older_context(cfg))
     if cfg.unet_width != 1.0:
         changes["unet"] = {**preset.unet, "block_out_channels": scaled_channels(preset, cfg.unet_width)}

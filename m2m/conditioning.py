@@ -1,0 +1,53 @@
+"""The last context image as extra input channels of the UNet: beside ISA, off by default (the paper's model).
+
+With `ImageSetAttention.config.last_image_input`, the UNet reads the noisy latent and, channel-concatenated,
+the clean latent of the image just before it (zeros where there is none, where the context is dropped for
+guidance, and in M2M-Self's clean pass), as InstructPix2Pix and Zero123 condition on an image. A task whose
+next image is mostly the last one (a procedure's step, a small turn of an object) then starts from it pixel
+for pixel, and ISA carries the rest of the set. One latent per new image: the cost stays flat as the set grows.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UNet2DConditionModel
+from torch import Tensor, nn
+
+
+def reads_last_image(unet: UNet2DConditionModel) -> bool:
+    """Whether the UNet's input is [noisy latent; last image's latent] (twice the channels it predicts)."""
+    return unet.config.in_channels == 2 * unet.config.out_channels
+
+
+def unet_input(unet: UNet2DConditionModel, sample: Tensor, last: Tensor | None = None) -> Tensor:
+    """Latents (N, c, h, w) -> the UNet's input: as they are, or with `last` (N, c, h, w; None: zeros, no last
+    image) as channels: (N, 2c, h, w)."""
+    if not reads_last_image(unet):
+        return sample
+    return torch.cat([sample, torch.zeros_like(sample) if last is None else last.to(sample.dtype)], 1)
+
+
+def previous_latents(x0: Tensor, sees_context: Tensor, rows: int) -> Tensor:
+    """Training: sets of clean latents flattened (B*K, c, h, w) -> each image's predecessor's latent (zeros for
+    the first image of a set and where `sees_context` (B, K) is False), after zeros for the rows of the UNet batch
+    before the noisy images (M2M-Self's clean pass): (rows, c, h, w)."""
+    sets = x0.unflatten(0, sees_context.shape)  # (B, K, c, h, w)
+    before = torch.cat([torch.zeros_like(sets[:, :1]), sets[:, :-1]], 1)  # (B, K, c, h, w)
+    last = (before * sees_context[..., None, None, None].to(x0.dtype)).flatten(0, 1)  # (B*K, c, h, w)
+    return torch.cat([last.new_zeros(rows - last.shape[0], *last.shape[1:]), last])
+
+
+@torch.no_grad()
+def add_last_image_input(unet: UNet2DConditionModel) -> None:
+    """Widen a trained UNet's first convolution to read the last image too, its new weights zero, so that it
+    starts as the model it was (InstructPix2Pix's way of fine-tuning a base model to a new input)."""
+    if reads_last_image(unet):
+        return
+    old = unet.conv_in
+    new = nn.Conv2d(2 * old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
+    new.to(old.weight.device, old.weight.dtype)
+    new.weight.zero_()
+    new.weight[:, : old.in_channels] = old.weight
+    new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=new.in_channels)

@@ -1,0 +1,83 @@
+"""The last context image as input channels (m2m/conditioning.py): what each image reads, in training and generation."""
+
+import copy
+
+import pytest
+import torch
+
+from m2m.conditioning import add_last_image_input, previous_latents, reads_last_image, unet_input
+from m2m.presets import build_pipeline
+from tests.test_attention import encode, fixed_batch, make_model, predictions
+
+
+@pytest.fixture(scope="module", params=["self", "dino"])
+def last_pipe(request, micro):
+    return build_pipeline(micro.replace(last_image_input=True), request.param, seed=0)
+
+
+def test_each_image_reads_its_predecessor_or_zeros():
+    x0 = torch.arange(2 * 3, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 2, 2, 2)  # image j of set b: 3b + j
+    sees = torch.tensor([[True, True, True], [True, False, True]])
+    last = previous_latents(x0, sees, rows=8)[:, 0, 0, 0]  # 2 rows of a clean pass, then the noisy images
+    assert last.tolist() == [0, 0, 0, 0, 1, 0, 0, 4]  # first images and the dropped one read nothing
+
+
+def test_a_new_model_reads_twice_its_latent_channels(last_pipe):
+    assert reads_last_image(last_pipe.unet)
+    assert last_pipe.unet.config.in_channels == 2 * last_pipe.unet.config.out_channels
+
+
+def test_training_forward_equals_cached_inference_with_the_last_image(last_pipe):
+    """Teacher forcing predicts image i as generation does: ISA over images < i, image i - 1 as input channels."""
+    model = make_model(last_pipe)
+    latents, pixels, timesteps, noise = fixed_batch(last_pipe, 1, 4)
+    pred = predictions(model, latents, pixels, timesteps, noise)
+    cache = encode(last_pipe, latents[0], pixels[0])
+    with torch.no_grad():
+        xt = model.scheduler.add_noise(latents.flatten(0, 1), noise, timesteps)
+        for i in range(1, 4):
+            x = unet_input(last_pipe.unet, xt[i : i + 1], latents[0, i - 1 : i])
+            ctx = cache.context(list(range(i)))
+            out = last_pipe.unet(x, timesteps[i : i + 1], None, cross_attention_kwargs={"isa": ctx}).sample
+            assert torch.allclose(out[0], pred[0, i], atol=1e-5), i
+
+
+def test_a_dropped_context_drops_the_last_image_too(last_pipe):
+    """Context dropout (guidance's unconditional branch) hides image i - 1 from image i's input as from ISA."""
+    model = make_model(last_pipe)
+    latents, pixels, timesteps, noise = fixed_batch(last_pipe, 1, 4)
+    sees = torch.tensor([[True, True, True, True]])
+    base = predictions(model, latents, pixels, timesteps, noise, sees)
+    moved = latents.clone()
+    moved[:, 1] += 1.0  # image 2's last image
+    changed = predictions(model, moved, pixels, timesteps, noise, sees)
+    diff = (changed - base).abs().amax(dim=(0, 2, 3, 4))
+    assert diff[2] > 1e-4
+    dropped = torch.tensor([[True, True, False, True]])  # image 2 sees no context: neither ISA nor its last image
+    a = predictions(model, latents, pixels, timesteps, noise, dropped)
+    b = predictions(model, moved, pixels, timesteps, noise, dropped)
+    assert torch.allclose(a[0, 2], b[0, 2], atol=1e-6)
+
+
+def test_widening_a_trained_unet_keeps_what_it_generates(self_pipe, images):
+    """Zero weights for the new channels: the widened model generates the same images; once they are trained
+    (here: perturbed) the last image changes what comes out."""
+    wide = copy.deepcopy(self_pipe)
+    add_last_image_input(wide.unet)
+    assert reads_last_image(wide.unet) and not reads_last_image(self_pipe.unet)
+    context = images(2)
+    kwargs = dict(num_images=2, num_inference_steps=2, seed=3)
+    before = [torch.as_tensor(list(im.getdata())) for im in self_pipe(context, **kwargs).images]
+    after = [torch.as_tensor(list(im.getdata())) for im in wide(context, **kwargs).images]
+    assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
+    with torch.no_grad():
+        wide.unet.conv_in.weight[:, 4:].normal_(0, 0.5)
+    moved = [torch.as_tensor(list(im.getdata())) for im in wide(context, **kwargs).images]
+    assert not torch.equal(moved[0], before[0])
+
+
+def test_a_lora_adapter_cannot_carry_a_widened_input():
+    from train.training.m2m import TrainConfig, check_recipe
+
+    with pytest.raises(ValueError, match="last-image-input"):
+        check_recipe(TrainConfig(init="x", lora_rank=4, last_image_input=True))
