@@ -120,6 +120,7 @@ class ImageSetAttention(ModelMixin, ConfigMixin):
         reference_images: int = 0,
         recent_context_images: int | None = None,
         older_context_tokens: int = 16,
+        last_image_change: bool = False,  # m2m/conditioning.py: a UNet that reads the last image denoises the change
     ):
         super().__init__()
         if variant not in VARIANTS:

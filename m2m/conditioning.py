@@ -1,10 +1,16 @@
 """The last context image as extra input channels of the UNet: beside ISA, off by default (the paper's model).
 
-With `ImageSetAttention.config.last_image_input`, the UNet reads the noisy latent and, channel-concatenated,
-the clean latent of the image just before it (zeros where there is none, where the context is dropped for
-guidance, and in M2M-Self's clean pass), as InstructPix2Pix and Zero123 condition on an image. A task whose
-next image is mostly the last one (a procedure's step, a small turn of an object) then starts from it pixel
-for pixel, and ISA carries the rest of the set. One latent per new image: the cost stays flat as the set grows.
+A UNet with twice the channels in that it predicts reads the noisy latent and, channel-concatenated, the clean
+latent of the image just before it (zeros where there is none, and in M2M-Self's clean pass), as InstructPix2Pix
+and Zero123 condition on an image. A task whose next image is mostly the last one (a procedure's step, a small
+turn of an object) then starts from it pixel for pixel, and ISA carries the rest of the set. One latent per new
+image: the cost stays flat as the set grows. Two ways to use it (`ImageSetAttention.config.last_image_change`):
+
+- **input**: the model denoises the new image; context dropout (guidance's unconditional branch) hides the last
+  image as it hides ISA's context;
+- **change**: the model denoises the change from the last image, x0 − last, which is zero wherever the image
+  stays as it was (a flat background, the part of a procedure already done), and the new image is last + change.
+  Both branches of guidance read the last image, so that guidance pushes along what the set's history adds.
 """
 
 from __future__ import annotations
@@ -27,20 +33,25 @@ def unet_input(unet: UNet2DConditionModel, sample: Tensor, last: Tensor | None =
     return torch.cat([sample, torch.zeros_like(sample) if last is None else last.to(sample.dtype)], 1)
 
 
-def previous_latents(x0: Tensor, sees_context: Tensor, rows: int) -> Tensor:
-    """Training: sets of clean latents flattened (B*K, c, h, w) -> each image's predecessor's latent (zeros for
-    the first image of a set and where `sees_context` (B, K) is False), after zeros for the rows of the UNet batch
-    before the noisy images (M2M-Self's clean pass): (rows, c, h, w)."""
+def previous_latents(x0: Tensor, sees_context: Tensor) -> Tensor:
+    """Training: sets of clean latents flattened (B*K, c, h, w) -> each image's predecessor's latent, zeros for the
+    first image of a set and where `sees_context` (B, K) is False: (B*K, c, h, w)."""
     sets = x0.unflatten(0, sees_context.shape)  # (B, K, c, h, w)
     before = torch.cat([torch.zeros_like(sets[:, :1]), sets[:, :-1]], 1)  # (B, K, c, h, w)
-    last = (before * sees_context[..., None, None, None].to(x0.dtype)).flatten(0, 1)  # (B*K, c, h, w)
+    return (before * sees_context[..., None, None, None].to(x0.dtype)).flatten(0, 1)
+
+
+def after_rows(last: Tensor, rows: int) -> Tensor:
+    """`last` (M, c, h, w) after zeros for the rows of a UNet batch before the noisy images (M2M-Self's clean
+    pass): (rows, c, h, w)."""
     return torch.cat([last.new_zeros(rows - last.shape[0], *last.shape[1:]), last])
 
 
 @torch.no_grad()
 def add_last_image_input(unet: UNet2DConditionModel) -> None:
     """Widen a trained UNet's first convolution to read the last image too, its new weights zero, so that it
-    starts as the model it was (InstructPix2Pix's way of fine-tuning a base model to a new input)."""
+    starts as the model it was (InstructPix2Pix's way of fine-tuning a base model to a new input; the `input`
+    way above: a model that denoises the change starts from what it predicts, not from the base)."""
     if reads_last_image(unet):
         return
     old = unet.conv_in

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from transformers import Dinov2Model
 
 from m2m.attention import ImageSetAttention, install
-from m2m.conditioning import previous_latents, reads_last_image, unet_input
+from m2m.conditioning import after_rows, previous_latents, reads_last_image, unet_input
 from m2m.encoders import context_encoder
 
 
@@ -57,16 +57,27 @@ class M2MModel(nn.Module):
         noise = torch.randn_like(x0) if noise is None else noise
         if sees_context is None:  # context dropout: learns the null context for guidance
             sees_context = torch.rand(b, k, device=x0.device) >= self.context_dropout
-        xt = self.scheduler.add_noise(x0, noise, timesteps)
+        last = self.last_images(x0, sees_context)
+        change = last is not None and self.isa.config.last_image_change
+        denoised = x0 - last if change else x0  # the image, or its change from the last (m2m/conditioning.py)
+        xt = self.scheduler.add_noise(denoised, noise, timesteps)
         pred = self.predict(x0, xt, timesteps, sees_context, pixels)  # (B*K, 4, h, w)
-        return (pred.float() - self.target(x0, noise, timesteps).float()).pow(2).mean((1, 2, 3)).view(b, k)
+        return (pred.float() - self.target(denoised, noise, timesteps).float()).pow(2).mean((1, 2, 3)).view(b, k)
 
     def predict(self, x0: Tensor, xt: Tensor, timesteps: Tensor, sees_context: Tensor, pixels: Tensor | None) -> Tensor:
         sample, t, context = self.encoder.training_batch(self, x0, xt, timesteps, sees_context, pixels)
-        if reads_last_image(self.unet):  # the noisy images (the last B*K rows) read their predecessor's latent
-            sample = unet_input(self.unet, sample, previous_latents(x0, sees_context, sample.shape[0]))
+        last = self.last_images(x0, sees_context)
+        if last is not None:  # the noisy images (the last B*K rows) read their predecessor's latent
+            sample = unet_input(self.unet, sample, after_rows(last, sample.shape[0]))
         out = self.unet(sample, t, encoder_hidden_states=None, cross_attention_kwargs={"isa": context}).sample
         return out[-xt.shape[0] :]  # (B*K, 4, h, w): the noisy images' predictions
+
+    def last_images(self, x0: Tensor, sees_context: Tensor) -> Tensor | None:
+        """Each image's predecessor's clean latent (B*K, 4, h, w), for a UNet that reads it; a dropped context hides
+        it unless the model denoises the change from it (then guidance's both branches read it)."""
+        if not reads_last_image(self.unet):
+            return None
+        return previous_latents(x0, sees_context | self.isa.config.last_image_change)
 
     def target(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """ε for ε-prediction (SD-2.1-base), v = α·ε − σ·x0 for v-prediction (the tiny preset)."""

@@ -116,10 +116,7 @@ class M2MPipeline(DiffusionPipeline):
             ctx = context()
             guided = ctx is not None and params.guidance != 1.0
             x = sched.scale_model_input(torch.cat([latent] * 2) if guided else latent, t)  # (1|2, 4, h, w)
-            if ctx is not None and last is not None:  # the unconditional row reads no last image either
-                x = unet_input(self.unet, x, torch.cat([last, torch.zeros_like(last)]) if guided else last)
-            else:
-                x = unet_input(self.unet, x)  # (1|2, 4|8, h, w)
+            x = unet_input(self.unet, x, self._last_rows(last, guided))  # (1|2, 4|8, h, w)
             pred = self.unet(x, t, encoder_hidden_states=None, cross_attention_kwargs={"isa": ctx}).sample
             if guided:
                 cond, uncond = pred.chunk(2)
@@ -127,7 +124,14 @@ class M2MPipeline(DiffusionPipeline):
             latent = sched.step(pred, t, latent).prev_sample
             if on_step is not None:
                 on_step()
-        return latent
+        return latent + last if last is not None and self.isa.config.last_image_change else latent
+
+    def _last_rows(self, last: Tensor | None, guided: bool) -> Tensor | None:
+        """What the UNet reads as the last image, per row: [cond; uncond] under guidance, where the unconditional
+        row sees no last image, unless the model denoises the change from it (m2m/conditioning.py)."""
+        if last is None or not guided:
+            return last
+        return torch.cat([last, last if self.isa.config.last_image_change else torch.zeros_like(last)])
 
     @torch.no_grad()
     def decode(self, latent: Tensor) -> Tensor:

@@ -39,6 +39,7 @@ class Preset:
     hub_id: str | None = None  # Stable Diffusion weights
     image_encoder_hub_id: str | None = None
     last_image_input: bool = False  # the UNet also reads the last context image's latent (m2m/conditioning.py)
+    last_image_change: bool = False  # and denoises the change from it (there: `change`), not the image
     vae_colour_path: bool = False  # ColourAutoencoderKL: a tiny autoencoder that keeps colour (m2m/autoencoder.py)
 
     def replace(self, **changes: Any) -> Preset:
@@ -128,6 +129,7 @@ def build_isa(preset: Preset, unet: UNet2DConditionModel, variant: str) -> Image
         reference_images=preset.reference_images,
         recent_context_images=preset.recent_context_images,
         older_context_tokens=preset.older_context_tokens,
+        last_image_change=preset.last_image_change,
     )
 
 
@@ -141,7 +143,8 @@ def build_pipeline(preset: Preset | str, variant: str = "self", seed: int = 0) -
     """The preset's architecture with random weights, built from config: nothing is downloaded."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     torch.manual_seed(seed)
-    in_channels = preset.unet["out_channels"] * (2 if preset.last_image_input else 1)  # [noisy; last image]
+    reads_last = preset.last_image_input or preset.last_image_change
+    in_channels = preset.unet["out_channels"] * (2 if reads_last else 1)  # [noisy; last image]
     unet = UNet2DConditionModel(**{**preset.unet, "in_channels": in_channels})
     vae = build_autoencoder(preset)
     encoder = Dinov2Model(Dinov2Config(**preset.image_encoder)) if needs_image_encoder(variant) else None

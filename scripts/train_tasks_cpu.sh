@@ -10,6 +10,7 @@
 #   scratch   a new half-width pipeline trained on the task's data alone (the colour autoencoder and, for
 #             M2M-DINO, the shipped DINOv2 frozen); full pipelines, small enough to ship four
 #   scratch-last  scratch, with a UNet that also reads the last given image's latent (--last-image-input)
+#   scratch-change  scratch-last denoising the change from the last image (--last-image-change)
 #   tune-last     the shipped open-set base, fine-tuned in full, its UNet widened to read the last image too
 # M2M-Self takes the design of scripts/design.sh where it changes no weight's shape (reference attention).
 set -euo pipefail
@@ -32,14 +33,15 @@ approach_flags() {  # APPROACH VARIANT
                  [ "$2" = self ] || enc="--image-encoder checkpoints/m2m-$2-tiny/image_encoder"
                  echo "--unet-width 0.5 --vae checkpoints/vae-tiny-open $enc --lr 1e-3 --context-tokens 64 $design" ;;
         scratch-last) echo "$(approach_flags scratch "$2") --last-image-input" ;;
+        scratch-change) echo "$(approach_flags scratch "$2") --last-image-change" ;;
         tune-last) echo "--init checkpoints/m2m-$2-tiny --lr 2e-4 --last-image-input $design" ;;
-        *) echo "no approach $1: adapter, scratch, scratch-last or tune-last" >&2; exit 2 ;;
+        *) echo "no approach $1: adapter, scratch, scratch-last, scratch-change or tune-last" >&2; exit 2 ;;
     esac
 }
 
 check() {  # APPROACH VARIANT TASK
     case $2:$3 in self:nvs | self:procedure | dino:nvs | dino:procedure) ;;
-        *) echo "usage: $0 run|eval|install adapter|scratch|scratch-last|tune-last self|dino nvs|procedure" >&2; exit 2 ;; esac
+        *) echo "usage: $0 run|eval|install adapter|scratch|scratch-last|scratch-change|tune-last self|dino nvs|procedure" >&2; exit 2 ;; esac
     approach_flags "$1" "$2" > /dev/null
 }
 

@@ -158,12 +158,12 @@ def test_the_ledger_adds_a_row_per_scored_export_and_draws_its_curve(tmp_path):
     assert rows[0]["simple_shape"] == "0.5" and rows[0]["heldout_shape"] == "0.25" and rows[0]["context_gain"] == "0.15"
     assert ledger.points(book)["self, simple"] == [(1000.0, 0.75, 0.5), (4000.0, 0.75, 0.5)]
     task = tmp_path / "tasks.json"
-    metrics = {"ssim": 0.9, "step_accuracy": 0.75, "turn_accuracy": 0.0}
+    metrics = {"ssim": 0.9, "ssim_32": 0.93, "step_accuracy": 0.75, "turn_accuracy": 0.0}
     task.write_text(
         json.dumps(
             {
                 "args": {"task": "procedure"},
-                "results": {"2": {}, "4": {"fine-tuned": metrics, "copy-last": {"ssim": 0.95}}},
+                "results": {"2": {}, "4": {"fine-tuned": metrics, "copy-last": {"ssim": 0.95, "ssim_32": 0.92}}},
             }
         )
     )
@@ -176,5 +176,6 @@ def test_the_ledger_adds_a_row_per_scored_export_and_draws_its_curve(tmp_path):
         "0.95",
         "",
     )
+    assert (last["task_ssim_32"], last["copy_last_ssim_32"]) == ("0.93", "0.92")  # where the task's bar compares
     ledger.main(["plot", "--ledger", str(book), "--out", str(tmp_path / "curve.png")])
     assert (tmp_path / "curve.png").stat().st_size > 1000

@@ -5,8 +5,10 @@ import copy
 import pytest
 import torch
 
-from m2m.conditioning import add_last_image_input, previous_latents, reads_last_image, unet_input
+from m2m.conditioning import add_last_image_input, after_rows, previous_latents, reads_last_image, unet_input
 from m2m.presets import build_pipeline
+from m2m.sampling import SamplingParams
+from tests.conftest import colour_images
 from tests.test_attention import encode, fixed_batch, make_model, predictions
 
 
@@ -18,8 +20,45 @@ def last_pipe(request, micro):
 def test_each_image_reads_its_predecessor_or_zeros():
     x0 = torch.arange(2 * 3, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 2, 2, 2)  # image j of set b: 3b + j
     sees = torch.tensor([[True, True, True], [True, False, True]])
-    last = previous_latents(x0, sees, rows=8)[:, 0, 0, 0]  # 2 rows of a clean pass, then the noisy images
+    last = after_rows(previous_latents(x0, sees), rows=8)[:, 0, 0, 0]  # 2 rows of a clean pass, then the noisy ones
     assert last.tolist() == [0, 0, 0, 0, 1, 0, 0, 4]  # first images and the dropped one read nothing
+
+
+def silent(pipe):
+    """A copy whose UNet predicts 0 whatever it reads (its last convolution zeroed)."""
+    pipe = copy.deepcopy(pipe)
+    with torch.no_grad():
+        pipe.unet.conv_out.weight.zero_()
+        pipe.unet.conv_out.bias.zero_()
+    return pipe
+
+
+def test_a_change_model_learns_nothing_to_do_where_the_image_stays(last_pipe):
+    """Denoising the change: an image equal to its predecessor is a zero target (v = 0 at zero noise), so a
+    silent UNet's loss is 0 there; denoising the image, it is not."""
+    latents, pixels, timesteps, _ = fixed_batch(last_pipe, 1, 3)
+    latents[:, 1] = latents[:, 0]
+    losses = {}
+    for change in (False, True):
+        pipe = silent(last_pipe)
+        pipe.isa.register_to_config(last_image_change=change)
+        model = make_model(pipe)
+        losses[change] = model(latents, pixels, timesteps, torch.zeros(3, *latents.shape[2:]))[0]
+    assert losses[True][1] == 0 and losses[False][1] > 1e-3
+    assert losses[True][0] == losses[False][0]  # the first image has no predecessor: the same in both
+
+
+def test_a_change_model_generates_the_last_image_plus_the_change(last_pipe):
+    """The same predictions (a silent UNet) from the same noise: the change model's latent is the input model's
+    plus the last image's latent."""
+    pipe = silent(last_pipe)
+    last = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ctx = pipe._context_for([0], pipe.prepare(colour_images(1)), None, 1)
+    params = SamplingParams(steps=3, guidance=2.0)
+    plain = pipe.denoise(ctx, 7, params, last=last)
+    pipe.isa.register_to_config(last_image_change=True)
+    changed = pipe.denoise(ctx, 7, params, last=last)
+    assert torch.allclose(changed, plain + last, atol=1e-6)
 
 
 def test_a_new_model_reads_twice_its_latent_channels(last_pipe):
@@ -42,21 +81,20 @@ def test_training_forward_equals_cached_inference_with_the_last_image(last_pipe)
             assert torch.allclose(out[0], pred[0, i], atol=1e-5), i
 
 
-def test_a_dropped_context_drops_the_last_image_too(last_pipe):
-    """Context dropout (guidance's unconditional branch) hides image i - 1 from image i's input as from ISA."""
-    model = make_model(last_pipe)
-    latents, pixels, timesteps, noise = fixed_batch(last_pipe, 1, 4)
-    sees = torch.tensor([[True, True, True, True]])
-    base = predictions(model, latents, pixels, timesteps, noise, sees)
+@pytest.mark.parametrize("change", [False, True])
+def test_a_dropped_context_drops_the_last_image_unless_the_model_denoises_the_change(last_pipe, change):
+    """Context dropout (guidance's unconditional branch) hides image i - 1 from image i's input as from ISA; a model
+    that denoises the change from it reads it in both branches."""
+    pipe = copy.deepcopy(last_pipe)
+    pipe.isa.register_to_config(last_image_change=change)
+    model = make_model(pipe)
+    latents, pixels, timesteps, noise = fixed_batch(pipe, 1, 4)
     moved = latents.clone()
     moved[:, 1] += 1.0  # image 2's last image
-    changed = predictions(model, moved, pixels, timesteps, noise, sees)
-    diff = (changed - base).abs().amax(dim=(0, 2, 3, 4))
-    assert diff[2] > 1e-4
-    dropped = torch.tensor([[True, True, False, True]])  # image 2 sees no context: neither ISA nor its last image
+    dropped = torch.tensor([[True, True, False, True]])  # image 2 sees no context
     a = predictions(model, latents, pixels, timesteps, noise, dropped)
     b = predictions(model, moved, pixels, timesteps, noise, dropped)
-    assert torch.allclose(a[0, 2], b[0, 2], atol=1e-6)
+    assert torch.allclose(a[0, 2], b[0, 2], atol=1e-6) != change
 
 
 def test_widening_a_trained_unet_keeps_what_it_generates(self_pipe, images):

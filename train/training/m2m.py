@@ -80,6 +80,7 @@ class TrainConfig:
     image_encoder_size: int | None = None  # a new M2M-DINO: the encoder's input size (larger: more context tokens)
     last_image_input: bool = False  # the UNet also reads the last image's latent (m2m/conditioning.py); with --init,
     # its first convolution is widened with zero weights, so the model starts as the one loaded
+    last_image_change: bool = False  # ... and denoises the change from the last image (implies --last-image-input)
     steps: int = 3000
     batch_sets: int = 8
     min_k: int = 2
@@ -180,7 +181,7 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise ValueError(f"--timestep-sampler {cfg.timestep_sampler!r}: choose from {TIMESTEP_SAMPLERS}")
     if cfg.zero_terminal_snr and cfg.lora_rank:  # an adapter keeps no scheduler: it samples with its base's
         raise ValueError("--zero-terminal-snr changes the noise schedule, which a LoRA adapter cannot carry")
-    if cfg.last_image_input and cfg.lora_rank:  # an adapter stores LoRA deltas, not a widened first convolution
+    if (cfg.last_image_input or cfg.last_image_change) and cfg.lora_rank:  # an adapter stores LoRA deltas only
         raise ValueError("--last-image-input widens the UNet's input, which a LoRA adapter cannot carry")
 
 
@@ -197,8 +198,10 @@ def build_start(cfg: TrainConfig) -> M2MPipeline:
         if cfg.reference_images is not None:  # nor has reference attention: it reads the UNet's own self-attention
             pipe.set_reference_images(cfg.reference_images)
         pipe.isa.register_to_config(**older_context(cfg))
-        if cfg.last_image_input:
+        if cfg.last_image_input or cfg.last_image_change:
             add_last_image_input(pipe.unet)
+        if cfg.last_image_change:
+            pipe.isa.register_to_config(last_image_change=True)
         return pipe
     preset = new_model_preset(cfg)
     if preset.hub_id is not None:
@@ -228,8 +231,8 @@ def new_model_preset(cfg: TrainConfig) -> Preset:
         changes["reference_images"] = cfg.reference_images
     if cfg.image_encoder_size is not None:
         changes["image_encoder_size"] = cfg.image_encoder_size
-    if cfg.last_image_input:
-        changes["last_image_input"] = True
+    if cfg.last_image_input or cfg.last_image_change:
+        changes.update(last_image_input=True, last_image_change=cfg.last_image_change)
     changes.update(older_context(cfg))
     if cfg.unet_width != 1.0:
         changes["unet"] = {**preset.unet, "block_out_channels": scaled_channels(preset, cfg.unet_width)}
