@@ -34,6 +34,7 @@ ROWS = {  # row -> what it changes (scripts/arch_cpu.sh)
     "curriculum": "15 minutes on open:simple-train, then open:train",
     "dino": "M2M-DINO, today's recipe (8×8 patches + CLS)",
     "dino-fine": "M2M-DINO, encoder input 256 px: 16×16 patches + CLS",
+    "channels": "every latent channel at mean 0, std 1 (the autoencoder's per-channel latent stats)",
 }
 SOURCES = ("simple", "heldout")
 

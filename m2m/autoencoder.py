@@ -108,6 +108,41 @@ def widen_latents(vae: ColourAutoencoderKL, channels: int) -> ColourAutoencoderK
     return new
 
 
+def to_model_latents(vae: AutoencoderKL, mode: Tensor) -> Tensor:
+    """The autoencoder's posterior mode (N, c, h, w) -> the latents the UNet denoises: diffusers' per-channel
+    convention (SDXL's) where the config has `latents_mean` and `latents_std`, (z - mean) * scaling_factor / std,
+    else z * scaling_factor."""
+    mean, std = channel_stats(vae, mode)
+    return (mode - mean) * vae.config.scaling_factor / std
+
+
+def from_model_latents(vae: AutoencoderKL, latents: Tensor) -> Tensor:
+    """The inverse of `to_model_latents`: what the decoder reads."""
+    mean, std = channel_stats(vae, latents)
+    return latents * std / vae.config.scaling_factor + mean
+
+
+def channel_stats(vae: AutoencoderKL, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The config's per-channel latent mean and std as (1, c, 1, 1) tensors like `like` (0 and 1 without them)."""
+    mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
+    if mean is None or std is None:
+        return like.new_zeros(()), like.new_ones(())
+    return tuple(like.new_tensor(v).view(1, -1, 1, 1) for v in (mean, std))
+
+
+@torch.no_grad()
+def fit_channel_stats(vae: AutoencoderKL, pixels: Tensor, batch: int = 32) -> dict[str, list[float]]:
+    """Images (N, 3, H, W) in [-1, 1] -> every latent channel's mean and std over them, set in the config with a
+    scaling factor of 1, so that each channel the UNet denoises has mean 0 and std 1 (the chroma channels of the
+    colour autoencoder had a third to a fifth of the lightness channel's spread: docs/tasks.md)."""
+    modes = torch.cat([vae.encode(x).latent_dist.mode() for x in pixels.split(batch)])  # (N, c, h, w)
+    std = modes.std((0, 2, 3))
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))  # a channel that never varies is left unscaled
+    stats = {"latents_mean": modes.mean((0, 2, 3)).tolist(), "latents_std": std.tolist()}
+    vae.register_to_config(scaling_factor=1.0, **stats)
+    return stats
+
+
 def load_autoencoder(folder: str, **kwargs) -> AutoencoderKL:
     """An autoencoder folder, as the class its config names (AutoencoderKL or ColourAutoencoderKL)."""
     config = AutoencoderKL.load_config(folder, **{k: v for k, v in kwargs.items() if k == "subfolder"})

@@ -32,6 +32,7 @@ from m2m.attention import (
     cross_attentions,
     isa_modules,
 )
+from m2m.autoencoder import to_model_latents
 from m2m.conditioning import unet_input
 from m2m.images import to_tensor
 
@@ -163,8 +164,9 @@ def context_encoder(isa: ImageSetAttention, image_encoder: Dinov2Model | None = 
 
 
 def vae_latents(vae: AutoencoderKL, pixels: Tensor) -> Tensor:
-    """Images (N, 3, H, W) in [-1, 1] -> scaled posterior-mean latents (N, 4, h, w): what M2M-Self and training read."""
-    return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+    """Images (N, 3, H, W) in [-1, 1] -> scaled posterior-mean latents (N, 4, h, w): what M2M-Self and training read
+    (per channel where the autoencoder's config says: m2m/autoencoder.py)."""
+    return to_model_latents(vae, vae.encode(pixels).latent_dist.mode())
 
 
 def dino_tokens(image_encoder: Dinov2Model, isa: ImageSetAttention, pixels: Tensor) -> Tensor:

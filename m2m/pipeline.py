@@ -14,6 +14,7 @@ from torch import Tensor
 from transformers import Dinov2Model
 
 from m2m.attention import CachedContext, ImageSetAttention, install
+from m2m.autoencoder import from_model_latents
 from m2m.conditioning import reads_last_image, unet_input
 from m2m.encoders import ContextCache, ContextEncoder, context_encoder, vae_latents
 from m2m.images import to_model_size, to_pil, to_tensor
@@ -136,7 +137,7 @@ class M2MPipeline(DiffusionPipeline):
     @torch.no_grad()
     def decode(self, latent: Tensor) -> Tensor:
         """Latent (1, 4, h, w) -> pixels (1, 3, H, W) in [-1, 1]."""
-        return self.vae.decode(latent.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+        return self.vae.decode(from_model_latents(self.vae, latent.to(self.vae.dtype))).sample.clamp(-1, 1)
 
     def generate_iter(
         self,

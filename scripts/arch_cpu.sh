@@ -25,6 +25,7 @@ MINUTES=${MINUTES:-45}
 CURRICULUM_MINUTES=${CURRICULUM_MINUTES:-15}  # curriculum: the first minutes on open:simple-train, then open:train
 SPRITES=${SPRITES:-data/sprites.npz}
 DINO_ENCODER=${DINO_ENCODER:-checkpoints/m2m-dino-tiny/image_encoder}  # the shipped tiny DINOv2 (frozen)
+VAE_CHANNELS=${VAE_CHANNELS:-$R/vae-channels}  # channels: the autoencoder with per-channel latent stats (made once)
 declare -A FLAGS=(
     [base]=""
     [tokens256]="--context-tokens 256"
@@ -35,6 +36,7 @@ declare -A FLAGS=(
     [curriculum]=""  # the data changes, not the model: see run()
     [dino]="--variant dino --image-encoder $DINO_ENCODER"
     [dino-fine]="--variant dino --image-encoder $DINO_ENCODER --image-encoder-size 256"
+    [channels]="--vae $VAE_CHANNELS"  # every latent channel at mean 0, std 1 (docs/tasks.md; made by run())
 )
 
 train_row() {  # NAME MINUTES DATA: one row, resumable; MINUTES of training over all its resumes (--budget-minutes)
@@ -56,6 +58,10 @@ run() {  # NAME
     [[ -v FLAGS[$name] ]] || { echo "unknown row $name: one of ${!FLAGS[*]}" >&2; exit 2; }
     mkdir -p "$R"
     [ -f "$SPRITES" ] || $PY -m train.data.sprites --out "$SPRITES"
+    if [ "$name" = channels ] && [ ! -f "$VAE_CHANNELS/config.json" ]; then
+        OMP_NUM_THREADS=1 $PY -m train.training.latent_stats --vae checkpoints/vae-tiny-open --data open:train \
+            --sets 256 --out "$VAE_CHANNELS"  # open:train's drawings from data/sprites.npz
+    fi
     if [ "$name" = curriculum ]; then  # a budget spent is a no-op on resume: both phases rerun safely
         train_row "$name" "$CURRICULUM_MINUTES" open:simple-train
     fi
@@ -82,7 +88,7 @@ evaluate() {  # [ROW...]
     done
 }
 
-ROUNDS=("base reference" "half tokens256" "lr1e-3 lr2e-3" "curriculum dino" "dino-fine")
+ROUNDS=("base reference" "half tokens256" "lr1e-3 lr2e-3" "curriculum dino" "dino-fine" "base channels")
 
 all() {  # each round's rows side by side, then both scored side by side
     local round

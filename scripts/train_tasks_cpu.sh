@@ -21,6 +21,9 @@ R=${R:-runs/tasks}
 MINUTES=${MINUTES:-45}
 NVS_OBJECTS=${NVS_OBJECTS:-600}
 SEQUENCES=${SEQUENCES:-30}  # held-out sequences each score takes
+VAE=${VAE:-checkpoints/vae-tiny-open}  # scratch approaches: the autoencoder (or one with per-channel latent stats:
+# python -m train.training.latent_stats --vae checkpoints/vae-tiny-open --data open:train procedure:train nvs:train \
+#     --out runs/vae-channels; then VAE=runs/vae-channels R=runs/tasks-channels bash scripts/train_tasks_cpu.sh run ...)
 
 data_for() { [ "$1" = nvs ] && echo data/nvs || echo procedure:train; }
 
@@ -31,7 +34,7 @@ approach_flags() {  # APPROACH VARIANT
         adapter) echo "--init checkpoints/m2m-$2-tiny --lora-rank 16 --lr 1e-3 $design" ;;
         scratch) local enc=""
                  [ "$2" = self ] || enc="--image-encoder checkpoints/m2m-$2-tiny/image_encoder"
-                 echo "--unet-width 0.5 --vae checkpoints/vae-tiny-open $enc --lr 1e-3 --context-tokens 64 $design" ;;
+                 echo "--unet-width 0.5 --vae $VAE $enc --lr 1e-3 --context-tokens 64 $design" ;;
         scratch-last) echo "$(approach_flags scratch "$2") --last-image-input" ;;
         scratch-change) echo "$(approach_flags scratch "$2") --last-image-change" ;;
         tune-last) echo "--init checkpoints/m2m-$2-tiny --lr 2e-4 --last-image-input $design" ;;

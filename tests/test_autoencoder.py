@@ -111,3 +111,40 @@ def test_jpeg_reference_is_a_small_change_that_still_changes_the_pixels():
 def test_a_source_without_sets_that_long_is_a_clear_error():
     with pytest.raises(ValueError, match="has no set of 9 images: lower --length"):
         images_of("folders:examples/zero-shot", 8, 9)
+
+
+def test_per_channel_latent_stats_balance_every_channel_and_decode_back(tmp_path, micro):
+    """Fitted on some images, the UNet's latents of those images have mean 0 and std 1 in every channel; the
+    pipeline decodes them back to exactly what the unnormalised latents decode to; saved, the folder keeps them."""
+    from m2m.autoencoder import fit_channel_stats, from_model_latents, to_model_latents
+    from m2m.encoders import vae_latents
+
+    pipe = build_pipeline(micro, "self", seed=0)
+    with torch.no_grad():  # every latent channel varies (an untrained colour autoencoder leaves its 4th at 0)
+        pipe.vae.quant_conv.weight.normal_(0, 0.3)
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(6, 3, 64, 64, generator=g) * 2 - 1
+    with torch.no_grad():
+        before = pipe.decode(vae_latents(pipe.vae, pixels))  # the global scaling factor
+        fit_channel_stats(pipe.vae, pixels)
+        latents = vae_latents(pipe.vae, pixels)  # (N, 4, h, w)
+        after = pipe.decode(latents)
+        mode = pipe.vae.encode(pixels).latent_dist.mode()
+    assert torch.allclose(latents.mean((0, 2, 3)), torch.zeros(4), atol=1e-4)
+    assert torch.allclose(latents.std((0, 2, 3)), torch.ones(4), atol=1e-4)
+    assert torch.allclose(after, before, atol=1e-4)
+    assert torch.allclose(from_model_latents(pipe.vae, to_model_latents(pipe.vae, mode)), mode, atol=1e-5)
+    pipe.vae.save_pretrained(tmp_path / "vae")
+    loaded = load_autoencoder(str(tmp_path / "vae"))
+    assert loaded.config.latents_std == pytest.approx(pipe.vae.config.latents_std)
+
+
+def test_the_latent_stats_command_writes_a_balanced_autoencoder(tmp_path, micro):
+    from train.training import latent_stats
+
+    build_autoencoder(micro).save_pretrained(tmp_path / "vae")
+    stats = latent_stats.main(["--vae", str(tmp_path / "vae"), "--data", "procedure:train", "--sets", "2",
+                               "--out", str(tmp_path / "out")])  # fmt: skip
+    saved = load_autoencoder(str(tmp_path / "out"))
+    assert saved.config.scaling_factor == 1.0 and saved.config.latents_mean == pytest.approx(stats["latents_mean"])
+    assert len(stats["latents_std"]) == saved.config.latent_channels and min(stats["latents_std"]) > 0  # none dead

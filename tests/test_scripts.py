@@ -59,6 +59,7 @@ def test_script_help_runs_as_a_module_and_by_path(runs, script, way):
         ("lr2e-3", "--lr", "2e-3"),
         ("tokens256", "--context-tokens", "256"),
         ("dino", "--variant", "dino"),
+        ("channels", "--vae", "runs/arch/vae-channels"),
     ],
 )
 def test_an_architecture_row_changes_what_it_says(row, flag, value):
