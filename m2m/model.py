@@ -61,12 +61,14 @@ class M2MModel(nn.Module):
         change = last is not None and self.isa.config.last_image_change
         denoised = x0 - last if change else x0  # the image, or its change from the last (m2m/conditioning.py)
         xt = self.scheduler.add_noise(denoised, noise, timesteps)
-        pred = self.predict(x0, xt, timesteps, sees_context, pixels)  # (B*K, 4, h, w)
+        pred = self.predict(x0, xt, timesteps, sees_context, pixels, last)  # (B*K, 4, h, w)
         return (pred.float() - self.target(denoised, noise, timesteps).float()).pow(2).mean((1, 2, 3)).view(b, k)
 
-    def predict(self, x0: Tensor, xt: Tensor, timesteps: Tensor, sees_context: Tensor, pixels: Tensor | None) -> Tensor:
+    def predict(self, x0: Tensor, xt: Tensor, timesteps: Tensor, sees_context: Tensor, pixels: Tensor | None,
+                last: Tensor | None = None) -> Tensor:  # fmt: skip
+        """The noisy images' predictions; `last`: `last_images(x0, sees_context)` where the caller has it."""
         sample, t, context = self.encoder.training_batch(self, x0, xt, timesteps, sees_context, pixels)
-        last = self.last_images(x0, sees_context)
+        last = self.last_images(x0, sees_context) if last is None else last
         if last is not None:  # the noisy images (the last B*K rows) read their predecessor's latent
             sample = unet_input(self.unet, sample, after_rows(last, sample.shape[0]))
         out = self.unet(sample, t, encoder_hidden_states=None, cross_attention_kwargs={"isa": context}).sample

@@ -78,5 +78,5 @@ case "${1:-}" in
         rm -rf "checkpoints/m2m-$3-tiny-$4" && cp -r "$out" "checkpoints/m2m-$3-tiny-$4"
         [ ! -f "$out/adapter_config.json" ] || $PY -c "import sys; from m2m.adapters import rebase; rebase(*sys.argv[1:])" \
             "checkpoints/m2m-$3-tiny-$4" "checkpoints/m2m-$3-tiny" ;;
-    *) echo "usage: $0 data | run|eval|install adapter|scratch self|dino nvs|procedure" >&2; exit 2 ;;
+    *) echo "usage: $0 data | run|eval|install APPROACH self|dino nvs|procedure (APPROACH: see the header)" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from m2m.attention import VARIANTS, NullContext, SetContext, cross_attentions, pool_tokens
+from m2m.conditioning import unet_input
 from m2m.encoders import ENCODERS, ContextCache, context_encoder, dino_tokens, vae_latents
 from m2m.images import to_tensor
 from m2m.model import M2MModel
@@ -77,8 +78,9 @@ def encode(pipe, latents: torch.Tensor, pixels: torch.Tensor) -> ContextCache:
     return encoder.cache_inputs(pipe, latents if encoder.reads == "latents" else pixels)
 
 
-def test_training_forward_equals_cached_inference(pipe):
-    """Teacher forcing predicts image i exactly as generation does from images < i in the cache."""
+def assert_training_equals_cached_inference(pipe) -> None:
+    """Teacher forcing predicts image i exactly as generation does from images < i in the cache (and, for a UNet that
+    reads it, image i - 1 as input channels: m2m/conditioning.py)."""
     model = make_model(pipe)
     latents, pixels, timesteps, noise = fixed_batch(pipe, 1, 4)
     pred = predictions(model, latents, pixels, timesteps, noise)
@@ -86,9 +88,14 @@ def test_training_forward_equals_cached_inference(pipe):
     with torch.no_grad():
         xt = model.scheduler.add_noise(latents.flatten(0, 1), noise, timesteps)
         for i in range(1, 4):
+            x = unet_input(pipe.unet, xt[i : i + 1], latents[0, i - 1 : i])  # as it is, for the paper's UNet
             ctx = cache.context(list(range(i)))
-            out = pipe.unet(xt[i : i + 1], timesteps[i : i + 1], None, cross_attention_kwargs={"isa": ctx}).sample
+            out = pipe.unet(x, timesteps[i : i + 1], None, cross_attention_kwargs={"isa": ctx}).sample
             assert torch.allclose(out[0], pred[0, i], atol=1e-5), i
+
+
+def test_training_forward_equals_cached_inference(pipe):
+    assert_training_equals_cached_inference(pipe)
 
 
 def test_each_encoder_encodes_images_for_inference_as_for_training(pipe, images):

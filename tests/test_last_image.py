@@ -5,11 +5,11 @@ import copy
 import pytest
 import torch
 
-from m2m.conditioning import add_last_image_input, after_rows, previous_latents, reads_last_image, unet_input
+from m2m.conditioning import add_last_image_input, after_rows, previous_latents, reads_last_image
 from m2m.presets import build_pipeline
 from m2m.sampling import SamplingParams
 from tests.conftest import colour_images
-from tests.test_attention import encode, fixed_batch, make_model, predictions
+from tests.test_attention import assert_training_equals_cached_inference, fixed_batch, make_model, predictions
 
 
 @pytest.fixture(scope="module", params=["self", "dino"])
@@ -67,18 +67,7 @@ def test_a_new_model_reads_twice_its_latent_channels(last_pipe):
 
 
 def test_training_forward_equals_cached_inference_with_the_last_image(last_pipe):
-    """Teacher forcing predicts image i as generation does: ISA over images < i, image i - 1 as input channels."""
-    model = make_model(last_pipe)
-    latents, pixels, timesteps, noise = fixed_batch(last_pipe, 1, 4)
-    pred = predictions(model, latents, pixels, timesteps, noise)
-    cache = encode(last_pipe, latents[0], pixels[0])
-    with torch.no_grad():
-        xt = model.scheduler.add_noise(latents.flatten(0, 1), noise, timesteps)
-        for i in range(1, 4):
-            x = unet_input(last_pipe.unet, xt[i : i + 1], latents[0, i - 1 : i])
-            ctx = cache.context(list(range(i)))
-            out = last_pipe.unet(x, timesteps[i : i + 1], None, cross_attention_kwargs={"isa": ctx}).sample
-            assert torch.allclose(out[0], pred[0, i], atol=1e-5), i
+    assert_training_equals_cached_inference(last_pipe)
 
 
 @pytest.mark.parametrize("change", [False, True])
