@@ -121,6 +121,7 @@ class ImageSetAttention(ModelMixin, ConfigMixin):
         recent_context_images: int | None = None,
         older_context_tokens: int = 16,
         last_image_change: bool = False,  # m2m/conditioning.py: a UNet that reads the last image denoises the change
+        last_image_change_scale: float = 1.0,  # ... times this
     ):
         super().__init__()
         if variant not in VARIANTS:

@@ -11,6 +11,10 @@ image: the cost stays flat as the set grows. Two ways to use it (`ImageSetAttent
 - **change**: the model denoises the change from the last image, x0 − last, which is zero wherever the image
   stays as it was (a flat background, the part of a procedure already done), and the new image is last + change.
   Both branches of guidance read the last image, so that guidance pushes along what the set's history adds.
+  A change is small (its rms a quarter of an image's on `procedure:train`): the model denoises it times
+  `last_image_change_scale` (1 / its rms, `python -m train.training.latent_stats --changes`), so that the noise
+  schedule, made for data of unit spread, is not four times noisier for it; a set's first image, which has no
+  last one, is denoised as an image.
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ def previous_latents(x0: Tensor, sees_context: Tensor) -> Tensor:
     sets = x0.unflatten(0, sees_context.shape)  # (B, K, c, h, w)
     before = torch.cat([torch.zeros_like(sets[:, :1]), sets[:, :-1]], 1)  # (B, K, c, h, w)
     return (before * sees_context[..., None, None, None].to(x0.dtype)).flatten(0, 1)
+
+
+def change_scales(scale: float, sets: int, k: int, like: Tensor) -> Tensor:
+    """Training: what each image of sets flattened (B*K,) multiplies its change by: `scale`, and 1 for each set's
+    first image (no last one: its change is the image itself): (B*K, 1, 1, 1)."""
+    scales = like.new_full((sets, k), scale)
+    scales[:, 0] = 1.0
+    return scales.flatten()[:, None, None, None]
 
 
 def after_rows(last: Tensor, rows: int) -> Tensor:

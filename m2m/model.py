@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from transformers import Dinov2Model
 
 from m2m.attention import ImageSetAttention, install
-from m2m.conditioning import after_rows, previous_latents, reads_last_image, unet_input
+from m2m.conditioning import after_rows, change_scales, previous_latents, reads_last_image, unet_input
 from m2m.encoders import context_encoder
 
 
@@ -58,8 +58,9 @@ class M2MModel(nn.Module):
         if sees_context is None:  # context dropout: learns the null context for guidance
             sees_context = torch.rand(b, k, device=x0.device) >= self.context_dropout
         last = self.last_images(x0, sees_context)
-        change = last is not None and self.isa.config.last_image_change
-        denoised = x0 - last if change else x0  # the image, or its change from the last (m2m/conditioning.py)
+        denoised = x0  # the image, or its change from the last, scaled (m2m/conditioning.py)
+        if last is not None and self.isa.config.last_image_change:
+            denoised = (x0 - last) * change_scales(self.isa.config.last_image_change_scale, b, k, x0)
         xt = self.scheduler.add_noise(denoised, noise, timesteps)
         pred = self.predict(x0, xt, timesteps, sees_context, pixels, last)  # (B*K, 4, h, w)
         return (pred.float() - self.target(denoised, noise, timesteps).float()).pow(2).mean((1, 2, 3)).view(b, k)

@@ -125,7 +125,9 @@ class M2MPipeline(DiffusionPipeline):
             latent = sched.step(pred, t, latent).prev_sample
             if on_step is not None:
                 on_step()
-        return latent + last if last is not None and self.isa.config.last_image_change else latent
+        if last is None or not self.isa.config.last_image_change:
+            return latent
+        return latent / self.isa.config.last_image_change_scale + last  # the change, scaled back, on the last
 
     def _last_rows(self, last: Tensor | None, guided: bool) -> Tensor | None:
         """What the UNet reads as the last image, per row: [cond; uncond] under guidance, where the unconditional

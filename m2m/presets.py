@@ -40,6 +40,7 @@ class Preset:
     image_encoder_hub_id: str | None = None
     last_image_input: bool = False  # the UNet also reads the last context image's latent (m2m/conditioning.py)
     last_image_change: bool = False  # and denoises the change from it (there: `change`), not the image
+    last_image_change_scale: float = 1.0  # the change times this (1 / its rms on training sets)
     vae_colour_path: bool = False  # ColourAutoencoderKL: a tiny autoencoder that keeps colour (m2m/autoencoder.py)
 
     def replace(self, **changes: Any) -> Preset:
@@ -130,6 +131,7 @@ def build_isa(preset: Preset, unet: UNet2DConditionModel, variant: str) -> Image
         recent_context_images=preset.recent_context_images,
         older_context_tokens=preset.older_context_tokens,
         last_image_change=preset.last_image_change,
+        last_image_change_scale=preset.last_image_change_scale,
     )
 
 

@@ -11,6 +11,8 @@
 #             M2M-DINO, the shipped DINOv2 frozen); full pipelines, small enough to ship four
 #   scratch-last  scratch, with a UNet that also reads the last given image's latent (--last-image-input)
 #   scratch-change  scratch-last denoising the change from the last image (--last-image-change)
+#   scratch-scaled  scratch-change with the change times $CHANGE_SCALE (--last-image-change-scale: 1 / the change's
+#             rms, python -m train.training.latent_stats --changes; 4.4 on procedure:train, shipped autoencoder)
 #   tune-last     the shipped open-set base, fine-tuned in full, its UNet widened to read the last image too
 # M2M-Self takes the design of scripts/design.sh where it changes no weight's shape (reference attention).
 set -euo pipefail
@@ -20,6 +22,7 @@ PY=${PY:-.venv/bin/python}
 R=${R:-runs/tasks}
 MINUTES=${MINUTES:-45}
 NVS_OBJECTS=${NVS_OBJECTS:-600}
+CHANGE_SCALE=${CHANGE_SCALE:-4.4}  # scratch-scaled: see the header
 SEQUENCES=${SEQUENCES:-30}  # held-out sequences each score takes
 VAE=${VAE:-checkpoints/vae-tiny-open}  # scratch approaches: the autoencoder (or one with per-channel latent stats:
 # python -m train.training.latent_stats --vae checkpoints/vae-tiny-open --data open:train procedure:train nvs:train \
@@ -37,14 +40,16 @@ approach_flags() {  # APPROACH VARIANT
                  echo "--unet-width 0.5 --vae $VAE $enc --lr 1e-3 --context-tokens 64 $design" ;;
         scratch-last) echo "$(approach_flags scratch "$2") --last-image-input" ;;
         scratch-change) echo "$(approach_flags scratch "$2") --last-image-change" ;;
+        scratch-scaled) echo "$(approach_flags scratch-change "$2") --last-image-change-scale $CHANGE_SCALE" ;;
         tune-last) echo "--init checkpoints/m2m-$2-tiny --lr 2e-4 --last-image-input $design" ;;
-        *) echo "no approach $1: adapter, scratch, scratch-last, scratch-change or tune-last" >&2; exit 2 ;;
+        *) echo "no approach $1: adapter, scratch, scratch-last, scratch-change, scratch-scaled or tune-last" >&2
+           exit 2 ;;
     esac
 }
 
 check() {  # APPROACH VARIANT TASK
     case $2:$3 in self:nvs | self:procedure | dino:nvs | dino:procedure) ;;
-        *) echo "usage: $0 run|eval|install adapter|scratch|scratch-last|scratch-change|tune-last self|dino nvs|procedure" >&2; exit 2 ;; esac
+        *) echo "usage: $0 run|eval|install adapter|scratch|scratch-last|scratch-change|scratch-scaled|tune-last self|dino nvs|procedure" >&2; exit 2 ;; esac
     approach_flags "$1" "$2" > /dev/null
 }
 

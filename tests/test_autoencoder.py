@@ -144,7 +144,19 @@ def test_the_latent_stats_command_writes_a_balanced_autoencoder(tmp_path, micro)
 
     build_autoencoder(micro).save_pretrained(tmp_path / "vae")
     stats = latent_stats.main(["--vae", str(tmp_path / "vae"), "--data", "procedure:train", "--sets", "2",
-                               "--out", str(tmp_path / "out")])  # fmt: skip
+                               "--out", str(tmp_path / "out"), "--changes"])  # fmt: skip
     saved = load_autoencoder(str(tmp_path / "out"))
     assert saved.config.scaling_factor == 1.0 and saved.config.latents_mean == pytest.approx(stats["latents_mean"])
     assert len(stats["latents_std"]) == saved.config.latent_channels and min(stats["latents_std"]) > 0  # none dead
+    assert stats["change_rms"] > 0 and stats["last_image_change_scale"] == pytest.approx(1 / stats["change_rms"])
+
+
+def test_the_change_rms_is_that_of_consecutive_images(micro):
+    """A still set changes by 0; going a -> b -> a changes as much per step as a -> b."""
+    from train.training.latent_stats import change_rms
+
+    vae = build_autoencoder(micro).eval()
+    a, b = torch.full((1, 3, 32, 32), -0.5), torch.full((1, 3, 32, 32), 0.5)
+    assert change_rms(vae, [torch.cat([a, a, a])]) == pytest.approx(0.0, abs=1e-6)
+    there = change_rms(vae, [torch.cat([a, b])])
+    assert there > 0 and change_rms(vae, [torch.cat([a, b, a])]) == pytest.approx(there, rel=1e-5)

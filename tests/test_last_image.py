@@ -48,17 +48,32 @@ def test_a_change_model_learns_nothing_to_do_where_the_image_stays(last_pipe):
     assert losses[True][0] == losses[False][0]  # the first image has no predecessor: the same in both
 
 
-def test_a_change_model_generates_the_last_image_plus_the_change(last_pipe):
-    """The same predictions (a silent UNet) from the same noise: the change model's latent is the input model's
-    plus the last image's latent."""
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+def test_a_change_model_generates_the_last_image_plus_the_change(last_pipe, scale):
+    """The same predictions (a silent UNet) from the same noise: the change model's latent is the input model's,
+    divided by the change's scale, plus the last image's latent."""
     pipe = silent(last_pipe)
     last = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     ctx = pipe._context_for([0], pipe.prepare(colour_images(1)), None, 1)
     params = SamplingParams(steps=3, guidance=2.0)
     plain = pipe.denoise(ctx, 7, params, last=last)
-    pipe.isa.register_to_config(last_image_change=True)
+    pipe.isa.register_to_config(last_image_change=True, last_image_change_scale=scale)
     changed = pipe.denoise(ctx, 7, params, last=last)
-    assert torch.allclose(changed, plain + last, atol=1e-6)
+    assert torch.allclose(changed, plain / scale + last, atol=1e-6)
+
+
+def test_a_change_model_denoises_the_change_times_its_scale_and_a_first_image_as_it_is(last_pipe):
+    """Without noise, v = -sigma * x0: a silent UNet's loss is sigma^2 * mean(x0^2) of what it denoises, so a change
+    scaled by 3 costs 9 times as much, and a set's first image (no last one: the image itself) the same."""
+    latents, pixels, timesteps, _ = fixed_batch(last_pipe, 1, 3)
+    losses = {}
+    for scale in (1.0, 3.0):
+        pipe = silent(last_pipe)
+        pipe.isa.register_to_config(last_image_change=True, last_image_change_scale=scale)
+        model = make_model(pipe)
+        losses[scale] = model(latents, pixels, timesteps, torch.zeros(3, *latents.shape[2:]))[0]
+    assert torch.allclose(losses[3.0][1:], 9 * losses[1.0][1:], rtol=1e-4)
+    assert torch.allclose(losses[3.0][0], losses[1.0][0])
 
 
 def test_a_new_model_reads_twice_its_latent_channels(last_pipe):
@@ -103,8 +118,10 @@ def test_widening_a_trained_unet_keeps_what_it_generates(self_pipe, images):
     assert not torch.equal(moved[0], before[0])
 
 
-def test_a_lora_adapter_cannot_carry_a_widened_input():
+def test_a_lora_adapter_cannot_carry_a_widened_input_nor_a_change_scale_be_zero():
     from train.training.m2m import TrainConfig, check_recipe
 
     with pytest.raises(ValueError, match="last-image-input"):
         check_recipe(TrainConfig(init="x", lora_rank=4, last_image_input=True))
+    with pytest.raises(ValueError, match="must be positive"):
+        check_recipe(TrainConfig(last_image_change=True, last_image_change_scale=0.0))

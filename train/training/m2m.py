@@ -81,6 +81,7 @@ class TrainConfig:
     last_image_input: bool = False  # the UNet also reads the last image's latent (m2m/conditioning.py); with --init,
     # its first convolution is widened with zero weights, so the model starts as the one loaded
     last_image_change: bool = False  # ... and denoises the change from the last image (implies --last-image-input)
+    last_image_change_scale: float = 1.0  # ... times this (1 / the change's rms: latent_stats --changes)
     steps: int = 3000
     batch_sets: int = 8
     min_k: int = 2
@@ -183,6 +184,8 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise ValueError("--zero-terminal-snr changes the noise schedule, which a LoRA adapter cannot carry")
     if (cfg.last_image_input or cfg.last_image_change) and cfg.lora_rank:  # an adapter stores LoRA deltas only
         raise ValueError("--last-image-input widens the UNet's input, which a LoRA adapter cannot carry")
+    if cfg.last_image_change_scale <= 0:
+        raise ValueError(f"--last-image-change-scale must be positive, got {cfg.last_image_change_scale}")
 
 
 def build_start(cfg: TrainConfig) -> M2MPipeline:
@@ -201,7 +204,7 @@ def build_start(cfg: TrainConfig) -> M2MPipeline:
         if cfg.last_image_input or cfg.last_image_change:
             add_last_image_input(pipe.unet)
         if cfg.last_image_change:
-            pipe.isa.register_to_config(last_image_change=True)
+            pipe.isa.register_to_config(last_image_change=True, last_image_change_scale=cfg.last_image_change_scale)
         return pipe
     preset = new_model_preset(cfg)
     if preset.hub_id is not None:
@@ -232,7 +235,11 @@ def new_model_preset(cfg: TrainConfig) -> Preset:
     if cfg.image_encoder_size is not None:
         changes["image_encoder_size"] = cfg.image_encoder_size
     if cfg.last_image_input or cfg.last_image_change:
-        changes.update(last_image_input=True, last_image_change=cfg.last_image_change)
+        changes.update(
+            last_image_input=True,
+            last_image_change=cfg.last_image_change,
+            last_image_change_scale=cfg.last_image_change_scale,
+        )
     changes.update(older_context(cfg))
     if cfg.unet_width != 1.0:
         changes["unet"] = {**preset.unet, "block_out_channels": scaled_channels(preset, cfg.unet_width)}
