@@ -122,6 +122,7 @@ class ImageSetAttention(ModelMixin, ConfigMixin):
         older_context_tokens: int = 16,
         last_image_change: bool = False,  # m2m/conditioning.py: a UNet that reads the last image denoises the change
         last_image_change_scale: float = 1.0,  # ... times this
+        last_image_pixels: bool = False,  # ... added to the last image's own pixels, decoded
     ):
         super().__init__()
         if variant not in VARIANTS:

@@ -184,7 +184,16 @@ class M2MPipeline(DiffusionPipeline):
         seed = image_seed(params.seed, index)
         last = self.last_latent(images) if index and reads_last_image(self.unet) else None
         pixels = self.decode(self.denoise(ctx, seed, params, on_step, last))  # (1, 3, H, W)
+        if last is not None and self.isa.config.last_image_change and self.isa.config.last_image_pixels:
+            pixels = self.on_last_pixels(pixels, images[-1], last)
         return GeneratedImage(index, seed, to_pil(pixels)[0], (pixels[0].float().cpu() + 1) / 2)
+
+    def on_last_pixels(self, pixels: Tensor, last_image: Image.Image, last: Tensor) -> Tensor:
+        """A change model's image (1, 3, H, W) -> the change it drew, decoded, on the last image's own pixels:
+        where nothing changes the last image comes back pixel for pixel, not through the autoencoder's round
+        trip, which softens every edge (m2m/conditioning.py)."""
+        change = pixels - self.decode(last)  # (1, 3, H, W)
+        return (to_tensor([last_image]).to(pixels) + change).clamp(-1, 1)
 
     @torch.no_grad()
     def last_latent(self, images: list[Image.Image]) -> Tensor:

@@ -12,7 +12,8 @@
 #   scratch-last  scratch, with a UNet that also reads the last given image's latent (--last-image-input)
 #   scratch-change  scratch-last denoising the change from the last image (--last-image-change)
 #   scratch-scaled  scratch-change with the change times $CHANGE_SCALE (--last-image-change-scale: 1 / the change's
-#             rms, python -m train.training.latent_stats --changes; 4.4 on procedure:train, shipped autoencoder)
+#             rms, python -m train.training.latent_stats --changes; 4.4 on procedure:train, shipped autoencoder);
+#             on procedures, the change is drawn on the last image's own pixels (--last-image-pixels)
 #   tune-last     the shipped open-set base, fine-tuned in full, its UNet widened to read the last image too
 # M2M-Self takes the design of scripts/design.sh where it changes no weight's shape (reference attention).
 set -euo pipefail
@@ -47,6 +48,10 @@ approach_flags() {  # APPROACH VARIANT
     esac
 }
 
+task_flags() {  # APPROACH TASK: a procedure's step changes few pixels, which the last image's own pixels keep
+    [ "$1:$2" != scratch-scaled:procedure ] || echo "--last-image-pixels"
+}
+
 check() {  # APPROACH VARIANT TASK
     case $2:$3 in self:nvs | self:procedure | dino:nvs | dino:procedure) ;;
         *) echo "usage: $0 run|eval|install adapter|scratch|scratch-last|scratch-change|scratch-scaled|tune-last self|dino nvs|procedure" >&2; exit 2 ;; esac
@@ -61,7 +66,8 @@ train() {  # APPROACH VARIANT TASK
     OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant "$2" --task "$3" --data "$(data_for "$3")" \
         --val-data "$3:heldout" --steps 100000 --warmup 50 --ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 5 \
         --workers 0 --mixed-precision no --log-every 10 --val-every 50 --checkpoint-every 50 --sample-every 100000 \
-        --budget-minutes "$MINUTES" --export-fp16 --out "$out" $(approach_flags "$1" "$2") >> "$out.log" 2>&1
+        --budget-minutes "$MINUTES" --export-fp16 --out "$out" $(approach_flags "$1" "$2") $(task_flags "$1" "$3") \
+        >> "$out.log" 2>&1
 }
 
 score() {  # APPROACH VARIANT TASK

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from m2m.conditioning import add_last_image_input, after_rows, previous_latents, reads_last_image
+from m2m.images import to_tensor
 from m2m.presets import build_pipeline
 from m2m.sampling import SamplingParams
 from tests.conftest import colour_images
@@ -60,6 +61,24 @@ def test_a_change_model_generates_the_last_image_plus_the_change(last_pipe, scal
     pipe.isa.register_to_config(last_image_change=True, last_image_change_scale=scale)
     changed = pipe.denoise(ctx, 7, params, last=last)
     assert torch.allclose(changed, plain / scale + last, atol=1e-6)
+
+
+def test_a_change_drawn_on_the_last_pixels_keeps_them_where_nothing_changes(last_pipe):
+    """A zero change drawn on the last image's pixels gives the last image itself, not its round trip through the
+    autoencoder; a model so configured generates its decoded image plus what the round trip lost, clamped."""
+    pipe = copy.deepcopy(last_pipe)
+    pipe.isa.register_to_config(last_image_change=True)
+    context = colour_images(2)
+    prepared = pipe.prepare(context)
+    last, own = pipe.last_latent(prepared), to_tensor(prepared[-1:])  # (1, 4, h, w), (1, 3, H, W)
+    round_trip = pipe.decode(last)
+    assert (round_trip - own).abs().max() > 0.05  # a random autoencoder loses much
+    assert torch.equal(pipe.on_last_pixels(round_trip, prepared[-1], last), own)
+    kwargs = dict(num_images=1, num_inference_steps=2, guidance_scale=2.0, seed=0)
+    decoded = to_tensor(pipe(context, **kwargs).images)
+    pipe.isa.register_to_config(last_image_pixels=True)
+    on_pixels = to_tensor(pipe(context, **kwargs).images)
+    assert (on_pixels - (decoded + own - round_trip).clamp(-1, 1)).abs().max() <= 2 / 127.5 + 1e-6  # 8-bit pixels
 
 
 def test_a_change_model_denoises_the_change_times_its_scale_and_a_first_image_as_it_is(last_pipe):
@@ -118,10 +137,12 @@ def test_widening_a_trained_unet_keeps_what_it_generates(self_pipe, images):
     assert not torch.equal(moved[0], before[0])
 
 
-def test_a_lora_adapter_cannot_carry_a_widened_input_nor_a_change_scale_be_zero():
+def test_bad_last_image_flags_are_refused():
     from train.training.m2m import TrainConfig, check_recipe
 
     with pytest.raises(ValueError, match="last-image-input"):
         check_recipe(TrainConfig(init="x", lora_rank=4, last_image_input=True))
     with pytest.raises(ValueError, match="must be positive"):
         check_recipe(TrainConfig(last_image_change=True, last_image_change_scale=0.0))
+    with pytest.raises(ValueError, match="needs --last-image-change"):
+        check_recipe(TrainConfig(last_image_input=True, last_image_pixels=True))

@@ -125,6 +125,8 @@ def table(results: dict, task: str) -> str:
 def run(task: str, checkpoint: str | Path, base: str | None, args: argparse.Namespace) -> dict:
     """One task model (and its baselines) on the task's held-out sequences: prints the table, returns the results."""
     models = {"fine-tuned": load_pipeline(checkpoint)}
+    if args.last_image_pixels:  # an inference choice: no weight depends on it
+        models["fine-tuned"].isa.register_to_config(last_image_pixels=True)
     if base:
         models["base"] = load_pipeline(base)
     for pipe in models.values():
@@ -146,6 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sequences", type=int, default=30)
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4])
     add_arguments(p)  # --steps, --guidance, --seed, --scheduler, --max-context
+    p.add_argument(
+        "--last-image-pixels",
+        action="store_true",
+        help="a change model draws its change on the last image's own pixels, whatever its config says",
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.all == bool(args.task or args.checkpoint):

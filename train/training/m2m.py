@@ -82,6 +82,7 @@ class TrainConfig:
     # its first convolution is widened with zero weights, so the model starts as the one loaded
     last_image_change: bool = False  # ... and denoises the change from the last image (implies --last-image-input)
     last_image_change_scale: float = 1.0  # ... times this (1 / the change's rms: latent_stats --changes)
+    last_image_pixels: bool = False  # ... and draws it on the last image's own pixels (generation only)
     steps: int = 3000
     batch_sets: int = 8
     min_k: int = 2
@@ -184,6 +185,8 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise ValueError("--zero-terminal-snr changes the noise schedule, which a LoRA adapter cannot carry")
     if (cfg.last_image_input or cfg.last_image_change) and cfg.lora_rank:  # an adapter stores LoRA deltas only
         raise ValueError("--last-image-input widens the UNet's input, which a LoRA adapter cannot carry")
+    if cfg.last_image_pixels and not cfg.last_image_change:
+        raise ValueError("--last-image-pixels draws a change on the last image: it needs --last-image-change")
     if cfg.last_image_change_scale <= 0:
         raise ValueError(f"--last-image-change-scale must be positive, got {cfg.last_image_change_scale}")
 
@@ -204,7 +207,8 @@ def build_start(cfg: TrainConfig) -> M2MPipeline:
         if cfg.last_image_input or cfg.last_image_change:
             add_last_image_input(pipe.unet)
         if cfg.last_image_change:
-            pipe.isa.register_to_config(last_image_change=True, last_image_change_scale=cfg.last_image_change_scale)
+            pipe.isa.register_to_config(last_image_change=True, last_image_change_scale=cfg.last_image_change_scale,
+                                        last_image_pixels=cfg.last_image_pixels)  # fmt: skip
         return pipe
     preset = new_model_preset(cfg)
     if preset.hub_id is not None:
@@ -239,6 +243,7 @@ def new_model_preset(cfg: TrainConfig) -> Preset:
             last_image_input=True,
             last_image_change=cfg.last_image_change,
             last_image_change_scale=cfg.last_image_change_scale,
+            last_image_pixels=cfg.last_image_pixels,
         )
     changes.update(older_context(cfg))
     if cfg.unet_width != 1.0:
