@@ -25,9 +25,10 @@ MINUTES=${MINUTES:-45}
 NVS_OBJECTS=${NVS_OBJECTS:-600}
 CHANGE_SCALE=${CHANGE_SCALE:-4.4}  # scratch-scaled: see the header
 SEQUENCES=${SEQUENCES:-30}  # held-out sequences each score takes
-VAE=${VAE:-checkpoints/vae-tiny-open}  # scratch approaches: the autoencoder (or one with per-channel latent stats:
-# python -m train.training.latent_stats --vae checkpoints/vae-tiny-open --data open:train procedure:train nvs:train \
-#     --out runs/vae-channels; then VAE=runs/vae-channels R=runs/tasks-channels bash scripts/train_tasks_cpu.sh run ...)
+VAE=${VAE:-checkpoints/vae-tiny-open}  # scratch approaches: the autoencoder; `channels`: the same with per-channel
+# latent stats fitted on the task's training sets (made once, into $R/vae-channels-TASK), e.g. the procedure model
+# of docs/tasks.md: VAE=channels CHANGE_SCALE=2.7 R=runs/tasks-channels bash scripts/train_tasks_cpu.sh run \
+#     scratch-scaled self procedure   (MINUTES=N: resumes to N minutes in all)
 
 data_for() { [ "$1" = nvs ] && echo data/nvs || echo procedure:train; }
 
@@ -62,6 +63,11 @@ train() {  # APPROACH VARIANT TASK
     local out="$R/$1-$2-$3"
     mkdir -p "$R"
     [ "$3" = procedure ] || [ -d data/nvs ] || data
+    if [ "$VAE" = channels ]; then
+        VAE="$R/vae-channels-$3"
+        [ -f "$VAE/config.json" ] || OMP_NUM_THREADS=1 $PY -m train.training.latent_stats --vae checkpoints/vae-tiny-open \
+            --data "$(data_for "$3")" --sets 128 --changes --out "$VAE"  # prints the change's rms and scale
+    fi
     # shellcheck disable=SC2046  # the approach is flags
     OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant "$2" --task "$3" --data "$(data_for "$3")" \
         --val-data "$3:heldout" --steps 100000 --warmup 50 --ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 5 \
