@@ -6,6 +6,8 @@
 # M2M-Self: reference attention to the 2 most recent context images, which led rounds 1-2 of the table (context
 # gain 17.2 % against 12.2 % at equal images, held-out colour 0.656 against 0.484), with older images pooled harder
 # so that the cost of a new image stays flat. Revisit when the table's last rounds are scored.
+# Balanced latent channels (round 5: colour 0.609 against 0.438 on open:simple at equal images) change the latents
+# the UNet denoises, not a weight: they are for a model trained from scratch (--vae of a latent_stats folder).
 SELF_DESIGN=${SELF_DESIGN---reference-images 2 --recent-context-images 4 --older-context-tokens 16}
 SELF_TAG=${SELF_TAG-self-reference}  # the ledger's name for the model that design trains
 DINO_DESIGN=${DINO_DESIGN-}
