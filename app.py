@@ -41,8 +41,8 @@ DEFAULTS = SamplingParams()  # the pipeline's and the command line's defaults to
 INTRO = """# M2M: many-to-many image generation
 Give it the first images of a set; it makes the next ones, one after another, each new image joining
 the context of the next (Shen et al. 2024). Click an example set to run it, or drop your own images.
-The embedded models are tiny (5 GPU-minutes of training each): they carry a set's palette and style,
-not yet its shapes."""
+The embedded models are tiny, trained on a CPU with no GPU: they carry a set's palette
+and style, not yet its shapes; a procedure model keeps the scene and marks where the next step goes."""
 
 
 @dataclass(frozen=True)
