@@ -123,6 +123,7 @@ class ImageSetAttention(ModelMixin, ConfigMixin):
         last_image_change: bool = False,  # m2m/conditioning.py: a UNet that reads the last image denoises the change
         last_image_change_scale: float = 1.0,  # ... times this
         last_image_pixels: bool = False,  # ... added to the last image's own pixels, decoded
+        last_image_change_floor: float = 0.0,  # ... where it is at least this (pixels in [-1, 1])
     ):
         super().__init__()
         if variant not in VARIANTS:
@@ -131,6 +132,8 @@ class ImageSetAttention(ModelMixin, ConfigMixin):
             raise ValueError("reference attention reads the clean pass of M2M-Self; M2M-DINO has none")
         if reference_images < 0 or (recent_context_images is not None and recent_context_images < 0):
             raise ValueError("reference_images and recent_context_images count images: 0 or more")
+        if not 0 <= last_image_change_floor < 2:
+            raise ValueError(f"last_image_change_floor is on pixels in [-1, 1]: 0 to 2, got {last_image_change_floor}")
         own_kv = variant == "self"  # M2M-Self: context K/V per layer; M2M-DINO: the cross-attention's own
         self.layers = nn.ModuleDict()
         for name, dim, inner in zip(layer_names, layer_dims, inner_dims, strict=True):

@@ -191,8 +191,10 @@ class M2MPipeline(DiffusionPipeline):
     def on_last_pixels(self, pixels: Tensor, last_image: Image.Image, last: Tensor) -> Tensor:
         """A change model's image (1, 3, H, W) -> the change it drew, decoded, on the last image's own pixels:
         where nothing changes the last image comes back pixel for pixel, not through the autoencoder's round
-        trip, which softens every edge (m2m/conditioning.py)."""
+        trip, which softens every edge (m2m/conditioning.py). Where the change's largest channel is under the ISA
+        config's `last_image_change_floor`, it is the sampler's leftover noise, not a step: dropped."""
         change = pixels - self.decode(last)  # (1, 3, H, W)
+        change = change * (change.abs().amax(1, keepdim=True) >= self.isa.config.last_image_change_floor)
         return (to_tensor([last_image]).to(pixels) + change).clamp(-1, 1)
 
     @torch.no_grad()

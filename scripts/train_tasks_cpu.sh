@@ -13,7 +13,8 @@
 #   scratch-change  scratch-last denoising the change from the last image (--last-image-change)
 #   scratch-scaled  scratch-change with the change times $CHANGE_SCALE (--last-image-change-scale: 1 / the change's
 #             rms, python -m train.training.latent_stats --changes; 4.4 on procedure:train, shipped autoencoder);
-#             on procedures, the change is drawn on the last image's own pixels (--last-image-pixels)
+#             on procedures, the change is drawn on the last image's own pixels (--last-image-pixels), where its
+#             largest channel is at least $CHANGE_FLOOR (--last-image-change-floor: under it, the sampler's noise)
 #   tune-last     the shipped open-set base, fine-tuned in full, its UNet widened to read the last image too
 # M2M-Self takes the design of scripts/design.sh where it changes no weight's shape (reference attention).
 set -euo pipefail
@@ -24,6 +25,7 @@ R=${R:-runs/tasks}
 MINUTES=${MINUTES:-45}
 NVS_OBJECTS=${NVS_OBJECTS:-600}
 CHANGE_SCALE=${CHANGE_SCALE:-4.4}  # scratch-scaled: see the header
+CHANGE_FLOOR=${CHANGE_FLOOR:-0.5}  # scratch-scaled on procedures: see the header (docs/tasks.md chose it)
 SEQUENCES=${SEQUENCES:-30}  # held-out sequences each score takes
 VAE=${VAE:-checkpoints/vae-tiny-open}  # scratch approaches: the autoencoder; `channels`: the same with per-channel
 # latent stats fitted on the task's training sets (made once, into $R/vae-channels-TASK), e.g. the procedure model
@@ -50,7 +52,7 @@ approach_flags() {  # APPROACH VARIANT
 }
 
 task_flags() {  # APPROACH TASK: a procedure's step changes few pixels, which the last image's own pixels keep
-    [ "$1:$2" != scratch-scaled:procedure ] || echo "--last-image-pixels"
+    [ "$1:$2" != scratch-scaled:procedure ] || echo "--last-image-pixels --last-image-change-floor $CHANGE_FLOOR"
 }
 
 check() {  # APPROACH VARIANT TASK

@@ -81,6 +81,22 @@ def test_a_change_drawn_on_the_last_pixels_keeps_them_where_nothing_changes(last
     assert (on_pixels - (decoded + own - round_trip).clamp(-1, 1)).abs().max() <= 2 / 127.5 + 1e-6  # 8-bit pixels
 
 
+
+@pytest.mark.parametrize("floor", [0.0, 0.2, 1.0])
+def test_a_change_floor_keeps_the_last_pixels_wherever_the_change_is_under_it(last_pipe, floor):
+    """With `last_image_change_floor`, a pixel keeps the last image's value where the change's largest channel is
+    under the floor, and takes the change in full where it is not: floor 0 draws every change."""
+    pipe = copy.deepcopy(last_pipe)
+    pipe.isa.register_to_config(last_image_change=True, last_image_pixels=True, last_image_change_floor=floor)
+    prepared = pipe.prepare(colour_images(1))
+    last, own = pipe.last_latent(prepared), to_tensor(prepared[-1:])  # (1, 4, h, w), (1, 3, H, W)
+    noise = 0.4 * torch.randn(own.shape, generator=torch.Generator().manual_seed(0))  # changes below and above 0.2
+    out = pipe.on_last_pixels(pipe.decode(last) + noise, prepared[-1], last)
+    kept = noise.abs().amax(1, keepdim=True) < floor  # (1, 1, H, W)
+    assert torch.allclose(out, torch.where(kept, own, (own + noise).clamp(-1, 1)), atol=1e-5)
+    assert kept.any() == (floor > 0) and (~kept).any()
+
+
 def test_a_change_model_denoises_the_change_times_its_scale_and_a_first_image_as_it_is(last_pipe):
     """Without noise, v = -sigma * x0: a silent UNet's loss is sigma^2 * mean(x0^2) of what it denoises, so a change
     scaled by 3 costs 9 times as much, and a set's first image (no last one: the image itself) the same."""
@@ -146,3 +162,7 @@ def test_bad_last_image_flags_are_refused():
         check_recipe(TrainConfig(last_image_change=True, last_image_change_scale=0.0))
     with pytest.raises(ValueError, match="needs --last-image-change"):
         check_recipe(TrainConfig(last_image_input=True, last_image_pixels=True))
+    with pytest.raises(ValueError, match="needs --last-image-pixels"):
+        check_recipe(TrainConfig(last_image_change=True, last_image_change_floor=0.1))
+    with pytest.raises(ValueError, match="0 to 2"):
+        check_recipe(TrainConfig(last_image_change=True, last_image_pixels=True, last_image_change_floor=-0.1))

@@ -125,8 +125,10 @@ def table(results: dict, task: str) -> str:
 def run(task: str, checkpoint: str | Path, base: str | None, args: argparse.Namespace) -> dict:
     """One task model (and its baselines) on the task's held-out sequences: prints the table, returns the results."""
     models = {"fine-tuned": load_pipeline(checkpoint)}
-    if args.last_image_pixels:  # an inference choice: no weight depends on it
+    if args.last_image_pixels:  # inference choices: no weight depends on them
         models["fine-tuned"].isa.register_to_config(last_image_pixels=True)
+    if args.last_image_change_floor is not None:
+        models["fine-tuned"].isa.register_to_config(last_image_change_floor=args.last_image_change_floor)
     if base:
         models["base"] = load_pipeline(base)
     for pipe in models.values():
@@ -153,12 +155,20 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="a change model draws its change on the last image's own pixels, whatever its config says",
     )
+    p.add_argument(
+        "--last-image-change-floor",
+        type=float,
+        default=None,
+        help="... and drops what changes less than this (pixels in [-1, 1]), whatever its config says",
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.all == bool(args.task or args.checkpoint):
         p.error("give --all, or --task and --checkpoint")
     if not args.all and not (args.task and args.checkpoint):
         p.error("--task and --checkpoint go together")
+    if args.last_image_change_floor is not None and not 0 <= args.last_image_change_floor < 2:
+        p.error(f"--last-image-change-floor is on pixels in [-1, 1]: 0 to 2, got {args.last_image_change_floor}")
     if args.all:
         results = {f"{v}-{task}": run(task, task_checkpoint(args.checkpoint_dir, v, task), None, args)
                    for v in VARIANTS for task in DEFAULT_SOURCE}  # fmt: skip

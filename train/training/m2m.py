@@ -83,6 +83,7 @@ class TrainConfig:
     last_image_change: bool = False  # ... and denoises the change from the last image (implies --last-image-input)
     last_image_change_scale: float = 1.0  # ... times this (1 / the change's rms: latent_stats --changes)
     last_image_pixels: bool = False  # ... and draws it on the last image's own pixels (generation only)
+    last_image_change_floor: float = 0.0  # ... where its largest channel is at least this (generation only)
     steps: int = 3000
     batch_sets: int = 8
     min_k: int = 2
@@ -187,6 +188,10 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise ValueError("--last-image-input widens the UNet's input, which a LoRA adapter cannot carry")
     if cfg.last_image_pixels and not cfg.last_image_change:
         raise ValueError("--last-image-pixels draws a change on the last image: it needs --last-image-change")
+    if cfg.last_image_change_floor and not cfg.last_image_pixels:
+        raise ValueError("--last-image-change-floor drops small changes on the last pixels: needs --last-image-pixels")
+    if not 0 <= cfg.last_image_change_floor < 2:
+        raise ValueError(f"--last-image-change-floor is on pixels in [-1, 1] (0 to 2): {cfg.last_image_change_floor}")
     if cfg.last_image_change_scale <= 0:
         raise ValueError(f"--last-image-change-scale must be positive, got {cfg.last_image_change_scale}")
 
@@ -208,7 +213,8 @@ def build_start(cfg: TrainConfig) -> M2MPipeline:
             add_last_image_input(pipe.unet)
         if cfg.last_image_change:
             pipe.isa.register_to_config(last_image_change=True, last_image_change_scale=cfg.last_image_change_scale,
-                                        last_image_pixels=cfg.last_image_pixels)  # fmt: skip
+                                        last_image_pixels=cfg.last_image_pixels,
+                                        last_image_change_floor=cfg.last_image_change_floor)  # fmt: skip
         return pipe
     preset = new_model_preset(cfg)
     if preset.hub_id is not None:
@@ -244,6 +250,7 @@ def new_model_preset(cfg: TrainConfig) -> Preset:
             last_image_change=cfg.last_image_change,
             last_image_change_scale=cfg.last_image_change_scale,
             last_image_pixels=cfg.last_image_pixels,
+            last_image_change_floor=cfg.last_image_change_floor,
         )
     changes.update(older_context(cfg))
     if cfg.unet_width != 1.0:
