@@ -81,7 +81,6 @@ def test_a_change_drawn_on_the_last_pixels_keeps_them_where_nothing_changes(last
     assert (on_pixels - (decoded + own - round_trip).clamp(-1, 1)).abs().max() <= 2 / 127.5 + 1e-6  # 8-bit pixels
 
 
-
 @pytest.mark.parametrize("floor", [0.0, 0.2, 1.0])
 def test_a_change_floor_keeps_the_last_pixels_wherever_the_change_is_under_it(last_pipe, floor):
     """With `last_image_change_floor`, a pixel keeps the last image's value where the change's largest channel is
