@@ -194,7 +194,7 @@ class M2MPipeline(DiffusionPipeline):
         trip, which softens every edge (m2m/conditioning.py). Where the change's largest channel is under the ISA
         config's `last_image_change_floor`, it is the sampler's leftover noise, not a step: dropped."""
         change = pixels - self.decode(last)  # (1, 3, H, W)
-        change = change * (change.abs().amax(1, keepdim=True) >= self.isa.config.last_image_change_floor)
+        change = torch.where(change.abs().amax(1, keepdim=True) >= self.isa.config.last_image_change_floor, change, 0)
         return (to_tensor([last_image]).to(pixels) + change).clamp(-1, 1)
 
     @torch.no_grad()

@@ -502,8 +502,9 @@ def space():
     demo.close()
 
 
-def watch_the_set(page, total: int, deadline_s: float = 180) -> tuple[list[int], set[str]]:
-    """How many images the strip held over time, and the progress lines seen, until `total` images are done."""
+def watch_the_set(page, total: int, deadline_s: float = 420) -> tuple[list[int], set[str]]:
+    """How many images the strip held over time, and the progress lines seen, until `total` images are done (the
+    deadline only ends a hung run: a 2-core machine shared with training takes minutes)."""
     counts, progress, deadline = [], set(), time.time() + deadline_s
     while time.time() < deadline and not page.get_by_text(f"{total} of {total} image(s) done").count():
         n = page.locator("#set img").count()

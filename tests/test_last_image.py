@@ -163,5 +163,11 @@ def test_bad_last_image_flags_are_refused():
         check_recipe(TrainConfig(last_image_input=True, last_image_pixels=True))
     with pytest.raises(ValueError, match="needs --last-image-pixels"):
         check_recipe(TrainConfig(last_image_change=True, last_image_change_floor=0.1))
+    for floor in (-0.1, 2.0):
+        with pytest.raises(ValueError, match="0 to 2"):
+            check_recipe(TrainConfig(last_image_change=True, last_image_pixels=True, last_image_change_floor=floor))
+
+
+def test_a_floor_off_the_pixel_range_is_refused_by_the_model(micro):
     with pytest.raises(ValueError, match="0 to 2"):
-        check_recipe(TrainConfig(last_image_change=True, last_image_pixels=True, last_image_change_floor=-0.1))
+        build_pipeline(micro.replace(last_image_input=True, last_image_change_floor=2.0), "self")

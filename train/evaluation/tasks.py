@@ -128,7 +128,10 @@ def run(task: str, checkpoint: str | Path, base: str | None, args: argparse.Name
     if args.last_image_pixels:  # inference choices: no weight depends on them
         models["fine-tuned"].isa.register_to_config(last_image_pixels=True)
     if args.last_image_change_floor is not None:
-        models["fine-tuned"].isa.register_to_config(last_image_change_floor=args.last_image_change_floor)
+        isa = models["fine-tuned"].isa
+        if not (isa.config.last_image_change and isa.config.last_image_pixels):
+            raise SystemExit(f"{checkpoint}: --last-image-change-floor needs a change model drawn on the last pixels")
+        isa.register_to_config(last_image_change_floor=args.last_image_change_floor)
     if base:
         models["base"] = load_pipeline(base)
     for pipe in models.values():
@@ -159,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--last-image-change-floor",
         type=float,
         default=None,
-        help="... and drops what changes less than this (pixels in [-1, 1]), whatever its config says",
+        help="a change drawn on the last pixels keeps the last pixel where its largest channel is under this "
+        "(pixels in [-1, 1]), whatever the model's config says",
     )
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)

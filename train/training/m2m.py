@@ -188,10 +188,10 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise ValueError("--last-image-input widens the UNet's input, which a LoRA adapter cannot carry")
     if cfg.last_image_pixels and not cfg.last_image_change:
         raise ValueError("--last-image-pixels draws a change on the last image: it needs --last-image-change")
+    if not 0 <= (floor := cfg.last_image_change_floor) < 2:
+        raise ValueError(f"--last-image-change-floor is on pixels in [-1, 1]: 0 to 2, got {floor}")
     if cfg.last_image_change_floor and not cfg.last_image_pixels:
         raise ValueError("--last-image-change-floor drops small changes on the last pixels: needs --last-image-pixels")
-    if not 0 <= cfg.last_image_change_floor < 2:
-        raise ValueError(f"--last-image-change-floor is on pixels in [-1, 1] (0 to 2): {cfg.last_image_change_floor}")
     if cfg.last_image_change_scale <= 0:
         raise ValueError(f"--last-image-change-scale must be positive, got {cfg.last_image_change_scale}")
 
