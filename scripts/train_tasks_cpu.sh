@@ -5,6 +5,7 @@
 #   bash scripts/train_tasks_cpu.sh run APPROACH VARIANT TASK   # $MINUTES of training (over all resumes), then scored
 #   bash scripts/train_tasks_cpu.sh eval APPROACH VARIANT TASK  # score it again
 #   bash scripts/train_tasks_cpu.sh install APPROACH VARIANT TASK   # into checkpoints/m2m-VARIANT-tiny-TASK, by hand
+#   bash scripts/train_tasks_cpu.sh flags APPROACH VARIANT TASK     # the training command's flags, without running it
 # APPROACH is how a task model is made (the table of docs/tasks.md compares them at equal minutes):
 #   adapter   a LoRA (rank 16) over the shipped open-set base, its ISA trained in full
 #   scratch   a new half-width pipeline trained on the task's data alone (the colour autoencoder and, for
@@ -57,25 +58,31 @@ task_flags() {  # APPROACH TASK: a procedure's step changes few pixels, which th
 
 check() {  # APPROACH VARIANT TASK
     case $2:$3 in self:nvs | self:procedure | dino:nvs | dino:procedure) ;;
-        *) echo "usage: $0 run|eval|install adapter|scratch|scratch-last|scratch-change|scratch-scaled|tune-last self|dino nvs|procedure" >&2; exit 2 ;; esac
+        *) echo "usage: $0 run|eval|install|flags adapter|scratch|scratch-last|scratch-change|scratch-scaled|tune-last self|dino nvs|procedure" >&2; exit 2 ;; esac
     approach_flags "$1" "$2" > /dev/null
 }
 
+use_vae() {  # TASK: VAE=channels becomes this task's per-channel stats in $R (fitted by `train` once)
+    [ "$VAE" != channels ] || VAE="$R/vae-channels-$1"
+}
+
+train_flags() {  # APPROACH VARIANT TASK: every flag of the training command (use_vae first)
+    echo "--variant $2 --task $3 --data $(data_for "$3") --val-data $3:heldout --steps 100000 --warmup 50" \
+        "--ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 5 --workers 0 --mixed-precision no --log-every 10" \
+        "--val-every 50 --checkpoint-every 50 --sample-every 100000 --budget-minutes $MINUTES --export-fp16" \
+        "--out $R/$1-$2-$3 $(approach_flags "$1" "$2") $(task_flags "$1" "$3")"
+}
+
 train() {  # APPROACH VARIANT TASK
-    local out="$R/$1-$2-$3"
     mkdir -p "$R"
     [ "$3" = procedure ] || [ -d data/nvs ] || data
     if [ "$VAE" = channels ]; then
-        VAE="$R/vae-channels-$3"
+        use_vae "$3"
         [ -f "$VAE/config.json" ] || OMP_NUM_THREADS=1 $PY -m train.training.latent_stats --vae checkpoints/vae-tiny-open \
             --data "$(data_for "$3")" --sets 128 --changes --out "$VAE"  # prints the change's rms and scale
     fi
-    # shellcheck disable=SC2046  # the approach is flags
-    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant "$2" --task "$3" --data "$(data_for "$3")" \
-        --val-data "$3:heldout" --steps 100000 --warmup 50 --ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 5 \
-        --workers 0 --mixed-precision no --log-every 10 --val-every 50 --checkpoint-every 50 --sample-every 100000 \
-        --budget-minutes "$MINUTES" --export-fp16 --out "$out" $(approach_flags "$1" "$2") $(task_flags "$1" "$3") \
-        >> "$out.log" 2>&1
+    # shellcheck disable=SC2046  # flags
+    OMP_NUM_THREADS=1 $PY -m train.training.m2m $(train_flags "$@") >> "$R/$1-$2-$3.log" 2>&1
 }
 
 score() {  # APPROACH VARIANT TASK
@@ -91,11 +98,13 @@ case "${1:-}" in
     data) data ;;
     run) check "${@:2}"; train "${@:2}"; score "${@:2}" ;;
     eval) check "${@:2}"; score "${@:2}" ;;
+    flags) check "${@:2}"; use_vae "$4"; train_flags "${@:2}" ;;
     install) check "${@:2}"
         out="$R/$2-$3-$4/pipeline"
         [ -f "$out/model_index.json" ] || [ -f "$out/adapter_config.json" ] || { echo "no export in $out" >&2; exit 1; }
         rm -rf "checkpoints/m2m-$3-tiny-$4" && cp -r "$out" "checkpoints/m2m-$3-tiny-$4"
         [ ! -f "$out/adapter_config.json" ] || $PY -c "import sys; from m2m.adapters import rebase; rebase(*sys.argv[1:])" \
             "checkpoints/m2m-$3-tiny-$4" "checkpoints/m2m-$3-tiny" ;;
-    *) echo "usage: $0 data | run|eval|install APPROACH self|dino nvs|procedure (APPROACH: see the header)" >&2; exit 2 ;;
+    *) echo "usage: $0 data | run|eval|install|flags APPROACH self|dino nvs|procedure (APPROACH: see the header)" >&2
+       exit 2 ;;
 esac

@@ -68,3 +68,25 @@ def test_an_architecture_row_changes_what_it_says(row, flag, value):
     out = subprocess.run(["bash", "scripts/arch_cpu.sh", "command", row], cwd=ROOT, capture_output=True, text=True)
     words = out.stdout.split()
     assert out.returncode == 0 and words[max(i for i, w in enumerate(words) if w == flag) + 1] == value
+
+
+APPROACHES = ("adapter", "scratch", "scratch-last", "scratch-change", "scratch-scaled", "tune-last")
+
+
+@pytest.mark.parametrize("task", ["nvs", "procedure"])
+@pytest.mark.parametrize("variant", ["self", "dino"])
+def test_every_task_approach_is_a_recipe_the_trainer_takes(variant, task):
+    """scripts/train_tasks_cpu.sh: each approach's flags parse and pass the trainer's checks; only the scaled change
+    on procedures draws on the last pixels, over the floor the script names."""
+    from train.training.m2m import check_recipe, parse_args
+
+    for approach in APPROACHES:
+        out = subprocess.run(["bash", "scripts/train_tasks_cpu.sh", "flags", approach, variant, task], cwd=ROOT,
+                             env={**os.environ, "CHANGE_FLOOR": "0.25"}, capture_output=True, text=True)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        cfg = parse_args(out.stdout.split())
+        check_recipe(cfg)
+        assert (cfg.variant, cfg.task, cfg.last_image_change) == (variant, task, approach.startswith("scratch-c")
+                                                                  or approach == "scratch-scaled")  # fmt: skip
+        on_pixels = approach == "scratch-scaled" and task == "procedure"
+        assert (cfg.last_image_pixels, cfg.last_image_change_floor) == ((True, 0.25) if on_pixels else (False, 0.0))
