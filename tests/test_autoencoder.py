@@ -15,7 +15,7 @@ from train.evaluation.check_autoencoder import check, images_of
 from train.evaluation.set_metrics import SetMetrics, as_jpeg
 
 OPEN_VAE = Path("checkpoints/vae-tiny-open")
-MIS_SYNTH = Path("checkpoints/mis-synth/m2m-self-tiny")  # the MIS-synth base, once open-set bases are installed
+MIS_SYNTH = Path("checkpoints/mis-synth/m2m-dino-tiny")  # a MIS-synth base (its autoencoder is the old one)
 MIS_SYNTH_VAE = (MIS_SYNTH if MIS_SYNTH.exists() else Path("checkpoints/m2m-self-tiny")) / "vae"
 
 SMALL = dict(TINY.vae, block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
