@@ -17,9 +17,8 @@
 #   eval   the label-free set metrics of both (train/evaluation/evaluate.py): c = 4 on open:heldout and
 #          open:hard (32 sets), c = 3 on the photos (8 sets);
 #   install [VARIANT...]  both (or those named) into checkpoints/m2m-{self,dino}-tiny, run by hand once they score better (docs/open-sets.md).
-#          The task adapters are LoRA deltas on the weights they were trained over: until they are
-#          retrained on the new bases, those MIS-synth bases move to checkpoints/mis-synth/ and the
-#          adapters are pointed at them there.
+#          The task adapters left are LoRA deltas on the MIS-synth bases in checkpoints/mis-synth/ (moved there
+#          when the open-set bases were first installed), so replacing a general model leaves them as they are.
 #   tasks  the four task adapters (LoRA) over the bases in checkpoints/m2m-{self,dino}-tiny, two at a time, one
 #          core each, $TASK_MINUTES each (novel views rendered to $R/nvs first);
 #   eval-tasks  train/evaluation/tasks.py on each: the new adapter and the shipped one, side by side;
@@ -132,18 +131,12 @@ evaluate() {  # VARIANT [CHECKPOINT [TAG]]
 }
 
 install() {  # [VARIANT...]: both by default
-    local v task variants=("$@")
+    local v variants=("$@")
     [ $# -gt 0 ] || variants=(self dino)
     for v in "${variants[@]}"; do
         [ -f "$R/m2m-$v-tiny/pipeline/model_index.json" ] || { echo "no trained $R/m2m-$v-tiny/pipeline" >&2; exit 1; }
     done
-    mkdir -p checkpoints/mis-synth
     for v in "${variants[@]}"; do
-        [ -d "checkpoints/mis-synth/m2m-$v-tiny" ] || mv "checkpoints/m2m-$v-tiny" "checkpoints/mis-synth/m2m-$v-tiny"
-        for task in nvs procedure; do  # again on every call: a rebase is idempotent
-            $PY -c "import sys; from m2m.adapters import rebase; rebase(*sys.argv[1:])" \
-                "checkpoints/m2m-$v-tiny-$task" "checkpoints/mis-synth/m2m-$v-tiny"
-        done
         rm -rf "checkpoints/m2m-$v-tiny" && cp -r "$R/m2m-$v-tiny/pipeline" "checkpoints/m2m-$v-tiny"
     done
     du -sh checkpoints
@@ -160,10 +153,7 @@ adapter() {  # VARIANT TASK: one adapter over checkpoints/m2m-VARIANT-tiny, resu
 }
 
 tasks() {
-    local v task
-    for v in self dino; do  # an adapter is a delta on its base: train it over the open-set one, once installed
-        [ -d "checkpoints/mis-synth/m2m-$v-tiny" ] || { echo "checkpoints/m2m-$v-tiny is not the open-set base: $0 install" >&2; exit 1; }
-    done
+    local v task  # adapters over the open-set bases in checkpoints/m2m-{self,dino}-tiny
     mkdir -p "$R"
     if [ ! -f "$R/nvs/done" ]; then
         OMP_NUM_THREADS=1 $PY -m train.data.nvs --out "$R/nvs" --objects "$NVS_OBJECTS" --workers 2 > "$R/nvs.log" 2>&1 \
@@ -185,8 +175,9 @@ evaluate_tasks() {  # the new adapter over the open-set base and the shipped one
     local v task shipped_base
     for task in nvs procedure; do
         for v in self dino; do
-            shipped_base=$($PY -c "import sys; from m2m.adapters import base_folder; print(base_folder(sys.argv[1]))" \
-                "checkpoints/m2m-$v-tiny-$task")
+            shipped_base="checkpoints/m2m-$v-tiny"  # beside a full task pipeline: the general model; an adapter: its base
+            [ ! -f "checkpoints/m2m-$v-tiny-$task/adapter_config.json" ] || shipped_base=$($PY -c \
+                "import sys; from m2m.adapters import base_folder; print(base_folder(sys.argv[1]))" "checkpoints/m2m-$v-tiny-$task")
             evaluate_task "$task" "$R/m2m-$v-tiny-$task/pipeline" "checkpoints/m2m-$v-tiny" "new-$v-$task" &
             evaluate_task "$task" "checkpoints/m2m-$v-tiny-$task" "$shipped_base" "shipped-$v-$task" &
             wait_all || { echo "a task evaluation failed: $R/tasks-*-$v-$task.log" >&2; exit 1; }
