@@ -34,6 +34,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import Tensor, nn
 
+from m2m.conditioning import check_change_floor
+
 VARIANTS = ("self", "dino")
 KV = tuple[Tensor, Tensor]
 
@@ -132,8 +134,7 @@ class ImageSetAttention(ModelMixin, ConfigMixin):
             raise ValueError("reference attention reads the clean pass of M2M-Self; M2M-DINO has none")
         if reference_images < 0 or (recent_context_images is not None and recent_context_images < 0):
             raise ValueError("reference_images and recent_context_images count images: 0 or more")
-        if not 0 <= last_image_change_floor < 2:
-            raise ValueError(f"last_image_change_floor is on pixels in [-1, 1]: 0 to 2, got {last_image_change_floor}")
+        check_change_floor(last_image_change_floor)
         own_kv = variant == "self"  # M2M-Self: context K/V per layer; M2M-DINO: the cross-attention's own
         self.layers = nn.ModuleDict()
         for name, dim, inner in zip(layer_names, layer_dims, inner_dims, strict=True):

@@ -45,6 +45,13 @@ def previous_latents(x0: Tensor, sees_context: Tensor) -> Tensor:
     return (before * sees_context[..., None, None, None].to(x0.dtype)).flatten(0, 1)
 
 
+def check_change_floor(floor: float) -> float:
+    """A change floor (drawn on the last pixels, a change under it is dropped) is on pixels in [-1, 1]: 0 to 2."""
+    if not 0 <= floor < 2:
+        raise ValueError(f"the last image's change floor is on pixels in [-1, 1]: 0 to 2, got {floor}")
+    return floor
+
+
 def change_scales(scale: float, sets: int, k: int, like: Tensor) -> Tensor:
     """Training: what each image of sets flattened (B*K,) multiplies its change by: `scale`, and 1 for each set's
     first image (no last one: its change is the image itself): (B*K, 1, 1, 1)."""

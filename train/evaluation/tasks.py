@@ -35,6 +35,7 @@ from tqdm import tqdm
 if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.attention import VARIANTS
+from m2m.conditioning import check_change_floor
 from m2m.images import to_model_size, to_tensor
 from m2m.loading import load_pipeline, task_checkpoint
 from m2m.pipeline import M2MPipeline
@@ -171,8 +172,11 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("give --all, or --task and --checkpoint")
     if not args.all and not (args.task and args.checkpoint):
         p.error("--task and --checkpoint go together")
-    if args.last_image_change_floor is not None and not 0 <= args.last_image_change_floor < 2:
-        p.error(f"--last-image-change-floor is on pixels in [-1, 1]: 0 to 2, got {args.last_image_change_floor}")
+    if args.last_image_change_floor is not None:
+        try:
+            check_change_floor(args.last_image_change_floor)
+        except ValueError as err:
+            p.error(f"--last-image-change-floor: {err}")
     if args.all:
         results = {f"{v}-{task}": run(task, task_checkpoint(args.checkpoint_dir, v, task), None, args)
                    for v in VARIANTS for task in DEFAULT_SOURCE}  # fmt: skip

@@ -47,7 +47,7 @@ if not __package__:  # run by path: import from the repository root as `python -
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 from m2m.adapters import add_lora, save_adapter
 from m2m.autoencoder import load_autoencoder
-from m2m.conditioning import add_last_image_input
+from m2m.conditioning import add_last_image_input, check_change_floor
 from m2m.encoders import vae_latents
 from m2m.images import to_pil
 from m2m.loading import TRAINING_RECORD, load_pipeline, training_record
@@ -188,9 +188,7 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise ValueError("--last-image-input widens the UNet's input, which a LoRA adapter cannot carry")
     if cfg.last_image_pixels and not cfg.last_image_change:
         raise ValueError("--last-image-pixels draws a change on the last image: it needs --last-image-change")
-    if not 0 <= (floor := cfg.last_image_change_floor) < 2:
-        raise ValueError(f"--last-image-change-floor is on pixels in [-1, 1]: 0 to 2, got {floor}")
-    if cfg.last_image_change_floor and not cfg.last_image_pixels:
+    if check_change_floor(cfg.last_image_change_floor) and not cfg.last_image_pixels:
         raise ValueError("--last-image-change-floor drops small changes on the last pixels: needs --last-image-pixels")
     if cfg.last_image_change_scale <= 0:
         raise ValueError(f"--last-image-change-scale must be positive, got {cfg.last_image_change_scale}")
