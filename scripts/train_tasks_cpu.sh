@@ -28,6 +28,8 @@ NVS_OBJECTS=${NVS_OBJECTS:-600}
 CHANGE_SCALE=${CHANGE_SCALE:-4.4}  # scratch-scaled: see the header
 CHANGE_FLOOR=${CHANGE_FLOOR:-0.5}  # scratch-scaled on procedures: see the header (docs/tasks.md chose it)
 SEQUENCES=${SEQUENCES:-30}  # held-out sequences each score takes
+STEPS=${STEPS:-100000}  # a run's --steps: far off, so the rate stays flat; to end on a cool-down, resume with
+COOLDOWN=${COOLDOWN:-0}  # STEPS near and COOLDOWN=N (--cooldown-steps: flat, then linear to zero over the last N)
 VAE=${VAE:-checkpoints/vae-tiny-open}  # scratch approaches: the autoencoder; `channels`: the same with per-channel
 # latent stats fitted on the task's training sets (made once, into $R/vae-channels-TASK), e.g. the procedure model
 # of docs/tasks.md: VAE=channels CHANGE_SCALE=2.7 R=runs/tasks-channels bash scripts/train_tasks_cpu.sh run \
@@ -67,9 +69,10 @@ use_vae() {  # TASK: VAE=channels becomes this task's per-channel stats in $R (f
 }
 
 train_flags() {  # APPROACH VARIANT TASK: every flag of the training command (use_vae first)
-    echo "--variant $2 --task $3 --data $(data_for "$3") --val-data $3:heldout --steps 100000 --warmup 50" \
+    echo "--variant $2 --task $3 --data $(data_for "$3") --val-data $3:heldout --steps $STEPS --warmup 50" \
         "--ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 5 --workers 0 --mixed-precision no --log-every 10" \
         "--val-every 50 --checkpoint-every 50 --sample-every 100000 --budget-minutes $MINUTES --export-fp16" \
+        "--cooldown-steps $COOLDOWN" \
         "--out $R/$1-$2-$3 $(approach_flags "$1" "$2") $(task_flags "$1" "$3")"
 }
 

@@ -138,6 +138,18 @@ def test_a_budget_counts_training_time_over_every_resume(start, tmp_path):
     assert train(parse_args(args(start, tmp_path, 3, "--mixed-precision", "no")))["step"] == 3  # no budget: on
 
 
+def test_a_flat_run_resumes_into_a_linear_cool_down(start, tmp_path):
+    """--cooldown-steps: a resume may end a run on a flat rate falling linearly to zero (the schedule is not stored)."""
+    flat = ["--mixed-precision", "no", "--checkpoint-every", "3"]
+    train(parse_args(args(start, tmp_path, 3, *flat)))  # a cosine over 3 steps, then a resume that changes it
+    assert train(parse_args(args(start, tmp_path, 6, *flat, "--cooldown-steps", "2")))["step"] == 6
+    peak = parse_args(args(start, tmp_path, 6)).lr
+    lrs = {int(r["step"]): float(r["lr"]) for r in csv.DictReader((tmp_path / "log.csv").open())}
+    assert [lrs[s] for s in (4, 5, 6)] == pytest.approx([peak, peak / 2, 0.0])  # flat, then linear to 0 at --steps
+    with pytest.raises(ValueError, match="--cooldown-steps"):
+        train(parse_args(args(start, tmp_path / "bad", 3, "--cooldown-steps", "4")))
+
+
 def test_a_fine_tune_may_turn_reference_attention_on(start, tmp_path):
     """--init with --reference-images: M2M-Self trains and exports it (no new weight); M2M-DINO refuses it."""
     cmd = args(start, tmp_path / "run", 1, "--reference-images", "2", "--mixed-precision", "no",

@@ -24,6 +24,7 @@ import argparse
 import copy
 import csv
 import dataclasses
+import functools
 import json
 import shutil
 import sys
@@ -40,6 +41,7 @@ from accelerate.utils import DistributedType, set_seed
 from diffusers import AutoencoderKL, DDIMScheduler
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 from transformers import Dinov2Model
 
@@ -90,6 +92,9 @@ class TrainConfig:
     max_k: int = 6
     lr: float = 3e-4
     warmup: int = 200
+    cooldown_steps: int = 0  # > 0: the rate stays flat after warm-up, then falls linearly to zero over the last
+    # this many of --steps (warm-up, stable, decay); 0: cosine over --steps. A flat run (--steps far off) resumes
+    # with a near --steps and this to end on a cool-down
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -190,6 +195,8 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise ValueError("--last-image-pixels draws a change on the last image: it needs --last-image-change")
     if check_change_floor(cfg.last_image_change_floor) and not cfg.last_image_pixels:
         raise ValueError("--last-image-change-floor drops small changes on the last pixels: needs --last-image-pixels")
+    if not 0 <= cfg.cooldown_steps <= cfg.steps:
+        raise ValueError(f"--cooldown-steps must be between 0 and --steps ({cfg.steps}), got {cfg.cooldown_steps}")
     if cfg.last_image_change_scale <= 0:
         raise ValueError(f"--last-image-change-scale must be positive, got {cfg.last_image_change_scale}")
 
@@ -466,7 +473,7 @@ def start_run(cfg: TrainConfig) -> Run:
     speed_up(model, cfg)
     # accelerate steps a prepared schedule once per process at every step: counted in those steps
     n = accelerator.num_processes
-    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup * n, cfg.steps * n)
+    sched = learning_rate_schedule(opt, cfg.warmup * n, cfg.steps * n, cfg.cooldown_steps * n)
     model, opt, sched = accelerator.prepare(model, opt, sched)
     progress = Progress(recipe_of(cfg))
     progress.prior_images = prior_images(cfg)  # a resume takes the checkpoint's: the --init may have moved on since
@@ -550,6 +557,21 @@ def weighted_loss(run: Run, latents: torch.Tensor, pixels: torch.Tensor) -> torc
     if cfg.min_snr_gamma is not None:
         per_image = per_image * min_snr_weights(scheduler, t, cfg.min_snr_gamma).view(b, k)
     return per_image.mean()
+
+
+def learning_rate_schedule(opt: torch.optim.Optimizer, warmup: int, steps: int, cooldown: int) -> LambdaLR:
+    """Warm-up, then cosine to zero at `steps`; with a `cooldown`, flat instead and a linear fall over its last steps.
+
+    Both are functions of the step alone (a checkpoint stores no schedule), so a resume may change them.
+    """
+    if cooldown <= 0:
+        return get_cosine_schedule_with_warmup(opt, warmup, steps)
+    return LambdaLR(opt, functools.partial(warmup_stable_decay, warmup=warmup, steps=steps, cooldown=cooldown))
+
+
+def warmup_stable_decay(step: int, *, warmup: int, steps: int, cooldown: int) -> float:
+    """The rate's factor at `step`: rising over `warmup`, 1, then falling linearly to 0 over the last `cooldown`."""
+    return min(1.0, step / max(1, warmup), max(0.0, (steps - step) / cooldown))
 
 
 def train(cfg: TrainConfig) -> dict:
