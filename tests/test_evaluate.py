@@ -179,3 +179,8 @@ def test_the_ledger_adds_a_row_per_scored_export_and_draws_its_curve(tmp_path):
     assert (last["task_ssim_32"], last["copy_last_ssim_32"]) == ("0.93", "0.92")  # where the task's bar compares
     ledger.main(["plot", "--ledger", str(book), "--out", str(tmp_path / "curve.png")])
     assert (tmp_path / "curve.png").stat().st_size > 1000
+    (run / "log-copy.csv").write_text((run / "log.csv").read_text())
+    with pytest.raises(SystemExit):  # a log under another name would add a row without its steps and gain
+        ledger.main(["add", "--ledger", str(book), "--model", "self", "--checkpoint", str(run / "pipeline"),
+                     "--evals", *map(str, evals), "--log", str(run / "log-copy.csv")])  # fmt: skip
+    assert len(list(csv.DictReader(book.open()))) == 3

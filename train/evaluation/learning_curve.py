@@ -24,6 +24,7 @@ if not __package__:  # run by path: import from the repository root as `python -
 
 PANEL_W, PANEL_H, MARGIN = 420, 300, 50
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+TREND_SPAN = 2  # a trend is drawn for a series whose images grow at least this many times: over less, it is noise
 
 
 def read_points(path: Path) -> dict[str, list[tuple[float, float, float]]]:
@@ -95,14 +96,15 @@ def plot(points: dict, ceilings: dict[str, float], bars: dict[str, float], chanc
         for m, p in enumerate(points.values()):
             series = [(i, c if metric == "colour" else s) for i, c, s in p]
             panel.series(series, COLOURS[m % len(COLOURS)])
-            if metric == "colour" and len(series) > 1:
+            if metric == "colour" and series[-1][0] >= TREND_SPAN * series[0][0]:
                 panel.trend(series, COLOURS[m % len(COLOURS)], ceilings[metric])
+    x, y = MARGIN, PANEL_H + 2 * MARGIN + 10
     for m, model in enumerate(points):
-        x, y = MARGIN + 160 * m, PANEL_H + 2 * MARGIN + 16
         draw.line([x, y, x + 20, y], fill=COLOURS[m % len(COLOURS)], width=2)
         draw.text((x + 26, y - 6), model, fill=COLOURS[m % len(COLOURS)])
-    note = "dotted: least-squares trend of colour in log(images), up to the round trip"
-    draw.text((MARGIN + PANEL_W + MARGIN, PANEL_H + 2 * MARGIN + 10), note, fill="gray")
+        x += 26 + draw.textlength(model) + 30
+    note = f"dotted: colour's least-squares trend in log(images), up to the round trip (over {TREND_SPAN}x images)"
+    draw.text((MARGIN, y + 14), note, fill="gray")
     return img
 
 

@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "add":
         if not (args.model and args.checkpoint and args.evals):
             p.error("add needs --model, --checkpoint and --evals")
+        if args.log and not (Path(args.log).name == "log.csv" and Path(args.log).is_file()):
+            p.error(f"--log {args.log}: give a run's log.csv (its folder is read for the steps and context gain)")
         entry = row(args.model, Path(args.checkpoint), [Path(e) for e in args.evals], args.log and Path(args.log))
         add(ledger, entry)
         print(entry)
