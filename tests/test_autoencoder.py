@@ -15,8 +15,6 @@ from train.evaluation.check_autoencoder import check, images_of
 from train.evaluation.set_metrics import SetMetrics, as_jpeg
 
 OPEN_VAE = Path("checkpoints/vae-tiny-open")
-MIS_SYNTH = Path("checkpoints/mis-synth/m2m-dino-tiny")  # a MIS-synth base (its autoencoder is the old one)
-MIS_SYNTH_VAE = (MIS_SYNTH if MIS_SYNTH.exists() else Path("checkpoints/m2m-self-tiny")) / "vae"
 
 SMALL = dict(TINY.vae, block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
              up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32)  # fmt: skip
@@ -92,14 +90,12 @@ def test_tiny_pipeline_saves_and_loads_its_colour_autoencoder(tmp_path):
 
 
 @pytest.mark.skipif(not OPEN_VAE.exists(), reason="no shipped open-set autoencoder")
-def test_shipped_open_set_autoencoder_keeps_the_colour_that_the_mis_synth_one_loses():
+def test_shipped_open_set_autoencoder_keeps_colour_and_shape():
     sets = images_of("open:heldout", 16, 6)  # 16 held-out open sets: 4 untouched, 2 round-tripped
-    metrics = SetMetrics.load()
-    new = check(load_autoencoder(OPEN_VAE).eval(), sets, 4, metrics)
-    old = check(load_autoencoder(MIS_SYNTH_VAE).eval(), sets, 4, metrics)
-    assert new["colour_retrieval_round_trip"] >= 0.6 > 0.3 >= old["colour_retrieval_round_trip"]
-    assert new["psnr"] > old["psnr"] + 6
-    assert new["shape_retrieval_truth"] >= 0.9 and new["shape_retrieval_round_trip"] > old["shape_retrieval_round_trip"]
+    got = check(load_autoencoder(OPEN_VAE).eval(), sets, 4, SetMetrics.load())
+    # measured 0.906, 29.3 dB, 0.906; the MIS-synth bases' autoencoder, before it left checkpoints/: 0.062, 19.2, 0.656
+    assert got["colour_retrieval_round_trip"] >= 0.75 and got["psnr"] >= 26
+    assert got["shape_retrieval_truth"] >= 0.9 and got["shape_retrieval_round_trip"] >= 0.8
 
 
 def test_jpeg_reference_is_a_small_change_that_still_changes_the_pixels():
