@@ -13,9 +13,9 @@
 #   scratch-last  scratch, with a UNet that also reads the last given image's latent (--last-image-input)
 #   scratch-change  scratch-last denoising the change from the last image (--last-image-change)
 #   scratch-scaled  scratch-change with the change times $CHANGE_SCALE (--last-image-change-scale: 1 / the change's
-#             rms, python -m train.training.latent_stats --changes; 4.4 on procedure:train, shipped autoencoder);
-#             on procedures, the change is drawn on the last image's own pixels (--last-image-pixels), where its
-#             largest channel is at least $CHANGE_FLOOR (--last-image-change-floor: under it, the sampler's noise)
+#             rms, python -m train.training.latent_stats --changes; 4.4 on procedure:train, shipped autoencoder),
+#             drawn on the last image's own pixels (--last-image-pixels, generation only) where its largest
+#             channel is at least $CHANGE_FLOOR (--last-image-change-floor: under it, the sampler's noise)
 #   tune-last     the shipped open-set base, fine-tuned in full, its UNet widened to read the last image too
 # M2M-Self takes the design of scripts/design.sh where it changes no weight's shape (reference attention).
 set -euo pipefail
@@ -26,7 +26,7 @@ R=${R:-runs/tasks}
 MINUTES=${MINUTES:-45}
 NVS_OBJECTS=${NVS_OBJECTS:-600}
 CHANGE_SCALE=${CHANGE_SCALE:-4.4}  # scratch-scaled: see the header
-CHANGE_FLOOR=${CHANGE_FLOOR:-0.5}  # scratch-scaled on procedures: see the header (docs/tasks.md chose it)
+CHANGE_FLOOR=${CHANGE_FLOOR:-0.5}  # scratch-scaled: see the header (docs/tasks.md chose it for both tasks)
 SEQUENCES=${SEQUENCES:-30}  # held-out sequences each score takes
 STEPS=${STEPS:-100000}  # a run's --steps: far off, so the rate stays flat; to end on a cool-down, resume with
 COOLDOWN=${COOLDOWN:-0}  # STEPS near and COOLDOWN=N (--cooldown-steps: flat, then linear to zero over the last N)
@@ -54,8 +54,9 @@ approach_flags() {  # APPROACH VARIANT
     esac
 }
 
-task_flags() {  # APPROACH TASK: a procedure's step changes few pixels, which the last image's own pixels keep
-    [ "$1:$2" != scratch-scaled:procedure ] || echo "--last-image-pixels --last-image-change-floor $CHANGE_FLOOR"
+scaled_flags() {  # APPROACH: the scaled change is drawn on the last image's own pixels (a procedure's step, and a
+    # turn's background, change few of them)
+    [ "$1" != scratch-scaled ] || echo "--last-image-pixels --last-image-change-floor $CHANGE_FLOOR"
 }
 
 check() {  # APPROACH VARIANT TASK
@@ -73,7 +74,7 @@ train_flags() {  # APPROACH VARIANT TASK: every flag of the training command (us
         "--ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 5 --workers 0 --mixed-precision no --log-every 10" \
         "--val-every 50 --checkpoint-every 50 --sample-every 100000 --budget-minutes $MINUTES --export-fp16" \
         "--cooldown-steps $COOLDOWN" \
-        "--out $R/$1-$2-$3 $(approach_flags "$1" "$2") $(task_flags "$1" "$3")"
+        "--out $R/$1-$2-$3 $(approach_flags "$1" "$2") $(scaled_flags "$1")"
 }
 
 train() {  # APPROACH VARIANT TASK

@@ -77,16 +77,18 @@ APPROACHES = ("adapter", "scratch", "scratch-last", "scratch-change", "scratch-s
 @pytest.mark.parametrize("variant", ["self", "dino"])
 def test_every_task_approach_is_a_recipe_the_trainer_takes(variant, task):
     """scripts/train_tasks_cpu.sh: each approach's flags parse and pass the trainer's checks; only the scaled change
-    on procedures draws on the last pixels, over the floor the script names."""
+    draws on the last pixels, over the floor the script names; STEPS and COOLDOWN end a run on a cool-down."""
     from train.training.m2m import check_recipe, parse_args
 
     for approach in APPROACHES:
         out = subprocess.run(["bash", "scripts/train_tasks_cpu.sh", "flags", approach, variant, task], cwd=ROOT,
-                             env={**os.environ, "CHANGE_FLOOR": "0.25"}, capture_output=True, text=True)  # fmt: skip
+                             env={**os.environ, "CHANGE_FLOOR": "0.25", "STEPS": "900", "COOLDOWN": "200"},
+                             capture_output=True, text=True)  # fmt: skip
         assert out.returncode == 0, out.stderr
         cfg = parse_args(out.stdout.split())
         check_recipe(cfg)
         assert (cfg.variant, cfg.task, cfg.last_image_change) == (variant, task, approach.startswith("scratch-c")
                                                                   or approach == "scratch-scaled")  # fmt: skip
-        on_pixels = approach == "scratch-scaled" and task == "procedure"
+        assert (cfg.steps, cfg.cooldown_steps) == (900, 200)
+        on_pixels = approach == "scratch-scaled"
         assert (cfg.last_image_pixels, cfg.last_image_change_floor) == ((True, 0.25) if on_pixels else (False, 0.0))
