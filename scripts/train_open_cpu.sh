@@ -17,8 +17,8 @@
 #   eval   the label-free set metrics of both (train/evaluation/evaluate.py): c = 4 on open:heldout and
 #          open:hard (32 sets), c = 3 on the photos (8 sets);
 #   install [VARIANT...]  both (or those named) into checkpoints/m2m-{self,dino}-tiny, run by hand once they score better (docs/open-sets.md).
-#          The task adapters left are LoRA deltas on the MIS-synth bases in checkpoints/mis-synth/ (moved there
-#          when the open-set bases were first installed), so replacing a general model leaves them as they are.
+#          The shipped task models are full pipelines (scripts/train_tasks_cpu.sh), so replacing a general model
+#          leaves them as they are.
 #   tasks  the four task adapters (LoRA) over the bases in checkpoints/m2m-{self,dino}-tiny, two at a time, one
 #          core each, $TASK_MINUTES each (novel views rendered to $R/nvs first);
 #   eval-tasks  train/evaluation/tasks.py on each: the new adapter and the shipped one, side by side;
