@@ -49,7 +49,8 @@ def test_probes_train_and_save_a_loadable_probe(tmp_path):
 
 
 def test_one_schedule_for_every_trainer():
-    """Warm-up and cosine come from diffusers (get_cosine_schedule_with_warmup), not from a lambda per script."""
+    """Schedules come from diffusers (get_cosine_schedule_with_warmup) or transformers (get_wsd_schedule), not from a
+    lambda per script."""
     for path in (ROOT / "train").rglob("*.py"):
         text = path.read_text()
         assert "LambdaLR" not in text and "OneCycleLR" not in text, path

@@ -24,7 +24,6 @@ import argparse
 import copy
 import csv
 import dataclasses
-import functools
 import json
 import shutil
 import sys
@@ -41,9 +40,8 @@ from accelerate.utils import DistributedType, set_seed
 from diffusers import AutoencoderKL, DDIMScheduler
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
-from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
-from transformers import Dinov2Model
+from transformers import Dinov2Model, get_wsd_schedule
 
 if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
     sys.path[0] = str(Path(__file__).resolve().parents[2])
@@ -559,19 +557,16 @@ def weighted_loss(run: Run, latents: torch.Tensor, pixels: torch.Tensor) -> torc
     return per_image.mean()
 
 
-def learning_rate_schedule(opt: torch.optim.Optimizer, warmup: int, steps: int, cooldown: int) -> LambdaLR:
+def learning_rate_schedule(
+    opt: torch.optim.Optimizer, warmup: int, steps: int, cooldown: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Warm-up, then cosine to zero at `steps`; with a `cooldown`, flat instead and a linear fall over its last steps.
 
     Both are functions of the step alone (a checkpoint stores no schedule), so a resume may change them.
     """
     if cooldown <= 0:
         return get_cosine_schedule_with_warmup(opt, warmup, steps)
-    return LambdaLR(opt, functools.partial(warmup_stable_decay, warmup=warmup, steps=steps, cooldown=cooldown))
-
-
-def warmup_stable_decay(step: int, *, warmup: int, steps: int, cooldown: int) -> float:
-    """The rate's factor at `step`: rising over `warmup`, 1, then falling linearly to 0 over the last `cooldown`."""
-    return min(1.0, step / max(1, warmup), max(0.0, (steps - step) / cooldown))
+    return get_wsd_schedule(opt, warmup, cooldown, num_training_steps=steps, decay_type="linear")
 
 
 def train(cfg: TrainConfig) -> dict:
