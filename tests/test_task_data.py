@@ -1,6 +1,7 @@
 """Synthetic task data: novel views (ray-marched objects) and visual procedures."""
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -71,6 +72,8 @@ def test_evaluate_tasks_runs_with_a_base_model(micro, tmp_path):
     assert set(results[1]) == {"fine-tuned", "base", "copy-last", "truth"}
     assert results[1]["fine-tuned"] == results[1]["base"]  # the same weights give the same images
     assert results[1]["copy-last"]["step_accuracy"] == 0.0
+    families = json.loads((tmp_path / "r.json").read_text())["families"]["1"]  # each sequence under its family
+    assert set(families) <= set(procedures.FAMILIES) and sum(f["fine-tuned"]["n"] for f in families.values()) == 2
     with pytest.raises(SystemExit):
         tasks.main(["--all", "--task", "nvs"])
 

@@ -81,19 +81,29 @@ def scores(pred: torch.Tensor, steps: torch.Tensor, index: int) -> dict[str, flo
     }  # step accuracy: nearer the next step than the last step is
 
 
-def sequences(source: str, n: int, min_length: int) -> list[list]:
+def sequences(source: str, n: int, min_length: int) -> list[tuple[str, list]]:
+    """The first n sequences of a source long enough for the largest k: (family, images) each; the family is the
+    record's caption (a procedure's or object's kind), or its folder's name."""
     data = SetDataset(source, n_sets=4 * n, shuffle=False)
-    out = [r["images"] for r in data.records() if len(r["images"]) >= min_length]
+    out = [(family(r), r["images"]) for r in data.records() if len(r["images"]) >= min_length]
     return out[:n]
 
 
-def evaluate(models: dict[str, M2MPipeline], seqs: list[list], ks: list[int], params: SamplingParams) -> dict:
-    """{k: {group: mean metrics}}: each model, copy-last and the truth's round trip through the first model's
-    autoencoder; sequence i is sampled with seed `params.seed + i`."""
-    results, first = {}, next(iter(models.values()))
+def family(record: dict) -> str:
+    meta = record["meta"]
+    return meta.get("caption") or Path(meta.get("folder", "all")).name
+
+
+def evaluate(
+    models: dict[str, M2MPipeline], seqs: list[tuple[str, list]], ks: list[int], params: SamplingParams
+) -> tuple[dict, dict]:
+    """({k: {group: mean metrics}}, {k: {family: {group: mean metrics}}}): each model, copy-last and the truth's
+    round trip through the first model's autoencoder; sequence i is sampled with seed `params.seed + i`."""
+    results, families, first = {}, {}, next(iter(models.values()))
     for k in ks:
         rows = {name: [] for name in [*models, "copy-last", "truth"]}
-        for i, seq in enumerate(tqdm(seqs, desc=f"k={k}", leave=False)):
+        kinds = []  # the family of each row
+        for i, (kind, seq) in enumerate(tqdm(seqs, desc=f"k={k}", leave=False)):
             if len(seq) <= k:
                 continue
             unit = to_unit(seq)  # (S, 3, H, W)
@@ -102,15 +112,25 @@ def evaluate(models: dict[str, M2MPipeline], seqs: list[list], ks: list[int], pa
                 rows[name].append(scores(to_unit([img]), unit, k))
             rows["copy-last"].append(scores(unit[k - 1 : k], unit, k))
             rows["truth"].append(scores(to_unit(round_trip(first, [seq[k]])), unit, k))
+            kinds.append(kind)
         results[k] = {name: summary(rs) for name, rs in rows.items() if rs}
-    return results
+        families[k] = by_family(rows, kinds)
+    return results, families
+
+
+def by_family(rows: dict[str, list[dict]], kinds: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """{family: {group: mean metrics}} of each group's rows, row i being of family kinds[i]."""
+    return {
+        kind: {name: summary([r for r, f in zip(rs, kinds, strict=True) if f == kind]) for name, rs in rows.items()}
+        for kind in sorted(set(kinds))
+    }
 
 
 def summary(rows: list[dict]) -> dict[str, float]:
     """Means over images; PSNR from the mean squared error, so that an exact copy (infinite PSNR: a
     symmetric object's next view can equal the last) does not make the mean infinite."""
     means = {m: sum(r[m] for r in rows) / len(rows) for m in rows[0]}
-    return {"psnr": float(-10 * math.log10(max(means["mse"], 1e-10))), **means}
+    return {"psnr": float(-10 * math.log10(max(means["mse"], 1e-10))), **means, "n": len(rows)}
 
 
 def table(results: dict, task: str) -> str:
@@ -120,6 +140,18 @@ def table(results: dict, task: str) -> str:
         for name, m in groups.items():
             cells = [f"{m['psnr']:.2f}", *(f"{m[key]:.3f}" for key in ("ssim", "ssim_32", accuracy))]
             lines.append(f"| {k} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def family_table(families: dict, task: str, group: str = "fine-tuned") -> str:
+    """One model's task accuracy by family: where it does its task and where not (n: sequences of the family)."""
+    accuracy, ks = ACCURACY[task], list(families)
+    kinds = sorted({kind for by_kind in families.values() for kind in by_kind})
+    lines = ["| family | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for kind in kinds:
+        cells = [families[k][kind][group] if kind in families[k] else None for k in ks]
+        lines.append(f"| {kind} | " + " | ".join("-" if m is None else f"{m[accuracy]:.2f} (n {m['n']})"
+                                                 for m in cells) + " |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -138,9 +170,9 @@ def run(task: str, checkpoint: str | Path, base: str | None, args: argparse.Name
     for pipe in models.values():
         pipe.set_progress_bar_config(disable=True)
     seqs = sequences(args.source or DEFAULT_SOURCE[task], args.sequences, min(args.ks) + 1)
-    results = evaluate(models, seqs, args.ks, from_arguments(args))
-    print(f"{task}: {checkpoint}\n{table(results, task)}")
-    return results
+    results, families = evaluate(models, seqs, args.ks, from_arguments(args))
+    print(f"{task}: {checkpoint}\n{table(results, task)}\n\nby family:\n{family_table(families, task)}")
+    return results, families
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -178,15 +210,17 @@ def main(argv: list[str] | None = None) -> dict:
         except ValueError as err:
             p.error(f"--last-image-change-floor: {err}")
     if args.all:
-        results = {f"{v}-{task}": run(task, task_checkpoint(args.checkpoint_dir, v, task), None, args)
-                   for v in VARIANTS for task in DEFAULT_SOURCE}  # fmt: skip
+        both = {f"{v}-{task}": run(task, task_checkpoint(args.checkpoint_dir, v, task), None, args)
+                for v in VARIANTS for task in DEFAULT_SOURCE}  # fmt: skip
+        results, families = ({name: pair[i] for name, pair in both.items()} for i in (0, 1))
         out = Path(args.out or "runs/eval-tasks.json")
     else:
-        results = run(args.task, args.checkpoint, args.base, args)
+        results, families = run(args.task, args.checkpoint, args.base, args)
         out = Path(args.out or f"runs/eval-{args.task}-{Path(args.checkpoint).name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "parameters": from_arguments(args).to_json(), "results": results},
-                              indent=2))  # fmt: skip
+    saved = {"args": vars(args), "parameters": from_arguments(args).to_json(), "results": results,
+             "families": families}  # fmt: skip
+    out.write_text(json.dumps(saved, indent=2))
     return results
 
 
