@@ -15,6 +15,11 @@ image: the cost stays flat as the set grows. Two ways to use it (`ImageSetAttent
   `last_image_change_scale` (1 / its rms, `python -m train.training.latent_stats --changes`), so that the noise
   schedule, made for data of unit spread, is not four times noisier for it; a set's first image, which has no
   last one, is denoised as an image.
+
+A UNet with three times the channels reads, besides, **the last step**: the last image's latent minus the one's
+before it, times `last_image_change_scale` (zeros before a set's third image). It says where the set last changed,
+pixel for pixel (the stroke just drawn, the cell just filled, which way the object just turned), which ISA's
+pooled context tokens blur; guidance's unconditional branch does not see it, as it does not see ISA's context.
 """
 
 from __future__ import annotations
@@ -24,17 +29,28 @@ from diffusers import UNet2DConditionModel
 from torch import Tensor, nn
 
 
+def extra_inputs(unet: UNet2DConditionModel) -> int:
+    """How many latents the UNet reads beside the noisy one: 0, 1 (the last image) or 2 (and the last step)."""
+    return unet.config.in_channels // unet.config.out_channels - 1
+
+
 def reads_last_image(unet: UNet2DConditionModel) -> bool:
-    """Whether the UNet's input is [noisy latent; last image's latent] (twice the channels it predicts)."""
-    return unet.config.in_channels == 2 * unet.config.out_channels
+    """Whether the UNet's input is [noisy latent; last image's latent (; last step)]."""
+    return extra_inputs(unet) >= 1
 
 
-def unet_input(unet: UNet2DConditionModel, sample: Tensor, last: Tensor | None = None) -> Tensor:
-    """Latents (N, c, h, w) -> the UNet's input: as they are, or with `last` (N, c, h, w; None: zeros, no last
-    image) as channels: (N, 2c, h, w)."""
-    if not reads_last_image(unet):
-        return sample
-    return torch.cat([sample, torch.zeros_like(sample) if last is None else last.to(sample.dtype)], 1)
+def reads_last_step(unet: UNet2DConditionModel) -> bool:
+    """Whether the UNet's input is [noisy latent; last image's latent; last step] (three times what it predicts)."""
+    return extra_inputs(unet) == 2
+
+
+def unet_input(
+    unet: UNet2DConditionModel, sample: Tensor, last: Tensor | None = None, step: Tensor | None = None
+) -> Tensor:
+    """Latents (N, c, h, w) -> the UNet's input: as they are, or with `last` and, for a UNet that reads it, `step`
+    (N, c, h, w each; None: zeros, none there) as channels: (N, 2c | 3c, h, w)."""
+    extra = [last, step][: extra_inputs(unet)]
+    return torch.cat([sample, *(torch.zeros_like(sample) if x is None else x.to(sample.dtype) for x in extra)], 1)
 
 
 def previous_latents(x0: Tensor, sees_context: Tensor) -> Tensor:
@@ -43,6 +59,16 @@ def previous_latents(x0: Tensor, sees_context: Tensor) -> Tensor:
     sets = x0.unflatten(0, sees_context.shape)  # (B, K, c, h, w)
     before = torch.cat([torch.zeros_like(sets[:, :1]), sets[:, :-1]], 1)  # (B, K, c, h, w)
     return (before * sees_context[..., None, None, None].to(x0.dtype)).flatten(0, 1)
+
+
+def last_steps(x0: Tensor, sees_context: Tensor, scale: float) -> Tensor:
+    """Training: sets of clean latents flattened (B*K, c, h, w) -> each image's last step, its predecessor minus the
+    one before that, times `scale`; zeros for a set's first two images and where `sees_context` (B, K) is False:
+    (B*K, c, h, w)."""
+    sets = x0.unflatten(0, sees_context.shape)  # (B, K, c, h, w)
+    steps = torch.zeros_like(sets)
+    steps[:, 2:] = (sets[:, 1:-1] - sets[:, :-2]) * scale  # image i: image i-1 - image i-2
+    return (steps * sees_context[..., None, None, None].to(x0.dtype)).flatten(0, 1)
 
 
 def check_change_floor(floor: float) -> float:
@@ -67,14 +93,15 @@ def after_rows(last: Tensor, rows: int) -> Tensor:
 
 
 @torch.no_grad()
-def add_last_image_input(unet: UNet2DConditionModel) -> None:
-    """Widen a trained UNet's first convolution to read the last image too, its new weights zero, so that it
-    starts as the model it was (InstructPix2Pix's way of fine-tuning a base model to a new input; the `input`
-    way above: a model that denoises the change starts from what it predicts, not from the base)."""
-    if reads_last_image(unet):
+def add_last_image_input(unet: UNet2DConditionModel, extra: int = 1) -> None:
+    """Widen a UNet's first convolution to read `extra` latents beside the noisy one (1: the last image, 2: and
+    the last step), its new weights zero, so that it starts as the model it was (InstructPix2Pix's way of
+    fine-tuning a base model to a new input; the `input` way above: a model that denoises the change starts from
+    what it predicts, not from the base)."""
+    if extra_inputs(unet) >= extra:
         return
-    old = unet.conv_in
-    new = nn.Conv2d(2 * old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
+    old, c = unet.conv_in, unet.config.out_channels
+    new = nn.Conv2d((1 + extra) * c, old.out_channels, old.kernel_size, old.stride, old.padding)
     new.to(old.weight.device, old.weight.dtype)
     new.weight.zero_()
     new.weight[:, : old.in_channels] = old.weight

@@ -8,7 +8,15 @@ from torch import Tensor, nn
 from transformers import Dinov2Model
 
 from m2m.attention import ImageSetAttention, install
-from m2m.conditioning import after_rows, change_scales, previous_latents, reads_last_image, unet_input
+from m2m.conditioning import (
+    after_rows,
+    change_scales,
+    last_steps,
+    previous_latents,
+    reads_last_image,
+    reads_last_step,
+    unet_input,
+)
 from m2m.encoders import context_encoder
 
 
@@ -70,8 +78,12 @@ class M2MModel(nn.Module):
         """The noisy images' predictions; `last`: `last_images(x0, sees_context)` where the caller has it."""
         sample, t, context = self.encoder.training_batch(self, x0, xt, timesteps, sees_context, pixels)
         last = self.last_images(x0, sees_context) if last is None else last
-        if last is not None:  # the noisy images (the last B*K rows) read their predecessor's latent
-            sample = unet_input(self.unet, sample, after_rows(last, sample.shape[0]))
+        if last is not None:  # the noisy images (the last B*K rows) read their predecessor's latent (, last step)
+            step = self.last_steps(x0, sees_context)
+            rows = sample.shape[0]
+            sample = unet_input(
+                self.unet, sample, after_rows(last, rows), None if step is None else after_rows(step, rows)
+            )
         out = self.unet(sample, t, encoder_hidden_states=None, cross_attention_kwargs={"isa": context}).sample
         return out[-xt.shape[0] :]  # (B*K, 4, h, w): the noisy images' predictions
 
@@ -81,6 +93,12 @@ class M2MModel(nn.Module):
         if not reads_last_image(self.unet):
             return None
         return previous_latents(x0, sees_context | self.isa.config.last_image_change)
+
+    def last_steps(self, x0: Tensor, sees_context: Tensor) -> Tensor | None:
+        """Each image's last step (B*K, 4, h, w), for a UNet that reads it; a dropped context hides it."""
+        if not reads_last_step(self.unet):
+            return None
+        return last_steps(x0, sees_context, self.isa.config.last_image_change_scale)
 
     def target(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """ε for ε-prediction (SD-2.1-base), v = α·ε − σ·x0 for v-prediction (the tiny preset)."""

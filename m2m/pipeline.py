@@ -15,7 +15,7 @@ from transformers import Dinov2Model
 
 from m2m.attention import CachedContext, ImageSetAttention, install
 from m2m.autoencoder import from_model_latents
-from m2m.conditioning import reads_last_image, unet_input
+from m2m.conditioning import reads_last_image, reads_last_step, unet_input
 from m2m.encoders import ContextCache, ContextEncoder, context_encoder, vae_latents
 from m2m.images import to_model_size, to_pil, to_tensor
 from m2m.sampling import SamplingParams, context_window, image_seed, make_scheduler
@@ -104,9 +104,11 @@ class M2MPipeline(DiffusionPipeline):
         params: SamplingParams,
         on_step=None,
         last: Tensor | None = None,
+        step: Tensor | None = None,
     ) -> Tensor:
-        """Sampling of one latent from the noise of `seed`; `context()` gives what ISA attends to at each step, and
-        `last` (1, 4, h, w) the last context image's latent, for a UNet that reads it (m2m/conditioning.py)."""
+        """Sampling of one latent from the noise of `seed`; `context()` gives what ISA attends to at each step,
+        `last` (1, 4, h, w) the last context image's latent and `step` (1, 4, h, w) the last step, for a UNet that
+        reads them (m2m/conditioning.py)."""
         sched = make_scheduler(self.scheduler, params.scheduler)
         sched.set_timesteps(params.steps, device=self.device)
         size = self.unet.config.sample_size
@@ -117,7 +119,8 @@ class M2MPipeline(DiffusionPipeline):
             ctx = context()
             guided = ctx is not None and params.guidance != 1.0
             x = sched.scale_model_input(torch.cat([latent] * 2) if guided else latent, t)  # (1|2, 4, h, w)
-            x = unet_input(self.unet, x, self._last_rows(last, guided))  # (1|2, 4|8, h, w)
+            # (1|2, 4|8|12, h, w): beside the noisy latent, the last image and the last step for a UNet that reads them
+            x = unet_input(self.unet, x, self._last_rows(last, guided), self._step_rows(step, guided))
             pred = self.unet(x, t, encoder_hidden_states=None, cross_attention_kwargs={"isa": ctx}).sample
             if guided:
                 cond, uncond = pred.chunk(2)
@@ -135,6 +138,11 @@ class M2MPipeline(DiffusionPipeline):
         if last is None or not guided:
             return last
         return torch.cat([last, last if self.isa.config.last_image_change else torch.zeros_like(last)])
+
+    @staticmethod
+    def _step_rows(step: Tensor | None, guided: bool) -> Tensor | None:
+        """What the UNet reads as the last step, per row: [cond; uncond] under guidance, the unconditional row none."""
+        return step if step is None or not guided else torch.cat([step, torch.zeros_like(step)])
 
     @torch.no_grad()
     def decode(self, latent: Tensor) -> Tensor:
@@ -183,7 +191,8 @@ class M2MPipeline(DiffusionPipeline):
         ctx = self._context_for(context_window(index, params.max_context), images, cache, n_cond)
         seed = image_seed(params.seed, index)
         last = self.last_latent(images) if index and reads_last_image(self.unet) else None
-        pixels = self.decode(self.denoise(ctx, seed, params, on_step, last))  # (1, 3, H, W)
+        step = self.last_step(images, last) if index > 1 and reads_last_step(self.unet) else None
+        pixels = self.decode(self.denoise(ctx, seed, params, on_step, last, step))  # (1, 3, H, W)
         if last is not None and self.isa.config.last_image_change and self.isa.config.last_image_pixels:
             pixels = self.on_last_pixels(pixels, images[-1], last)
         return GeneratedImage(index, seed, to_pil(pixels)[0], (pixels[0].float().cpu() + 1) / 2)
@@ -202,6 +211,14 @@ class M2MPipeline(DiffusionPipeline):
         """The last prepared image's latent (1, 4, h, w), for a UNet that reads it: one encode per new image."""
         pixels = to_tensor(images[-1:]).to(self.device, self.vae.dtype)
         return vae_latents(self.vae, pixels).to(self.unet.dtype)
+
+    @torch.no_grad()
+    def last_step(self, images: list[Image.Image], last: Tensor) -> Tensor:
+        """The last step (1, 4, h, w): the last image's latent `last` minus the one's before it, times the change
+        scale, for a UNet that reads it (m2m/conditioning.py)."""
+        pixels = to_tensor(images[-2:-1]).to(self.device, self.vae.dtype)
+        before = vae_latents(self.vae, pixels).to(self.unet.dtype)
+        return (last - before) * self.isa.config.last_image_change_scale
 
     def _context_for(self, window, images, cache, n_cond) -> Callable[[], CachedContext | None]:
         """Cached: one context for every step. Recomputed (the paper's way): the window re-encoded each step."""

@@ -40,6 +40,7 @@ class Preset:
     image_encoder_hub_id: str | None = None
     last_image_input: bool = False  # the UNet also reads the last context image's latent (m2m/conditioning.py)
     last_image_change: bool = False  # and denoises the change from it (there: `change`), not the image
+    last_step_input: bool = False  # and reads the last step too: last image minus the one before (needs the above)
     last_image_change_scale: float = 1.0  # the change times this (1 / its rms on training sets)
     last_image_pixels: bool = False  # the change drawn on the last image's own pixels (generation only)
     last_image_change_floor: float = 0.0  # ... where its largest channel is at least this (generation only)
@@ -150,7 +151,8 @@ def build_pipeline(preset: Preset | str, variant: str = "self", seed: int = 0) -
     preset = get_preset(preset) if isinstance(preset, str) else preset
     torch.manual_seed(seed)
     reads_last = preset.last_image_input or preset.last_image_change
-    in_channels = preset.unet["out_channels"] * (2 if reads_last else 1)  # [noisy; last image]
+    extra = reads_last + (reads_last and preset.last_step_input)  # [noisy; last image; last step]
+    in_channels = preset.unet["out_channels"] * (1 + extra)
     unet = UNet2DConditionModel(**{**preset.unet, "in_channels": in_channels})
     vae = build_autoencoder(preset)
     encoder = Dinov2Model(Dinov2Config(**preset.image_encoder)) if needs_image_encoder(variant) else None

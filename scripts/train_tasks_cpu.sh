@@ -16,6 +16,8 @@
 #             rms, python -m train.training.latent_stats --changes; 4.4 on procedure:train, shipped autoencoder),
 #             drawn on the last image's own pixels (--last-image-pixels, generation only) where its largest
 #             channel is at least $CHANGE_FLOOR (--last-image-change-floor: under it, the sampler's noise)
+#   scratch-step  scratch-scaled, its UNet also reading the last step, last image minus the one before
+#             (--last-step-input: where the set last changed, pixel for pixel)
 #   tune-last     the shipped open-set base, fine-tuned in full, its UNet widened to read the last image too
 # M2M-Self takes the design of scripts/design.sh where it changes no weight's shape (reference attention).
 set -euo pipefail
@@ -48,20 +50,22 @@ approach_flags() {  # APPROACH VARIANT
         scratch-last) echo "$(approach_flags scratch "$2") --last-image-input" ;;
         scratch-change) echo "$(approach_flags scratch "$2") --last-image-change" ;;
         scratch-scaled) echo "$(approach_flags scratch-change "$2") --last-image-change-scale $CHANGE_SCALE" ;;
+        scratch-step) echo "$(approach_flags scratch-scaled "$2") --last-step-input" ;;
         tune-last) echo "--init checkpoints/m2m-$2-tiny --lr 2e-4 --last-image-input $design" ;;
-        *) echo "no approach $1: adapter, scratch, scratch-last, scratch-change, scratch-scaled or tune-last" >&2
+        *) echo "no approach $1: adapter, scratch, scratch-last, scratch-change, scratch-scaled, scratch-step or" \
+               "tune-last" >&2
            exit 2 ;;
     esac
 }
 
 scaled_flags() {  # APPROACH: the scaled change is drawn on the last image's own pixels (a procedure's step, and a
     # turn's background, change few of them)
-    [ "$1" != scratch-scaled ] || echo "--last-image-pixels --last-image-change-floor $CHANGE_FLOOR"
+    case $1 in scratch-scaled | scratch-step) echo "--last-image-pixels --last-image-change-floor $CHANGE_FLOOR" ;; esac
 }
 
 check() {  # APPROACH VARIANT TASK
     case $2:$3 in self:nvs | self:procedure | dino:nvs | dino:procedure) ;;
-        *) echo "usage: $0 run|eval|install|flags adapter|scratch|scratch-last|scratch-change|scratch-scaled|tune-last self|dino nvs|procedure" >&2; exit 2 ;; esac
+        *) echo "usage: $0 run|eval|install|flags adapter|scratch|scratch-last|scratch-change|scratch-scaled|scratch-step|tune-last self|dino nvs|procedure" >&2; exit 2 ;; esac
     approach_flags "$1" "$2" > /dev/null
 }
 

@@ -80,15 +80,17 @@ def encode(pipe, latents: torch.Tensor, pixels: torch.Tensor) -> ContextCache:
 
 def assert_training_equals_cached_inference(pipe) -> None:
     """Teacher forcing predicts image i exactly as generation does from images < i in the cache (and, for a UNet that
-    reads it, image i - 1 as input channels: m2m/conditioning.py)."""
+    reads it, image i - 1 and the last step as input channels: m2m/conditioning.py)."""
     model = make_model(pipe)
     latents, pixels, timesteps, noise = fixed_batch(pipe, 1, 4)
     pred = predictions(model, latents, pixels, timesteps, noise)
     cache = encode(pipe, latents[0], pixels[0])
+    scale = pipe.isa.config.last_image_change_scale
     with torch.no_grad():
         xt = model.scheduler.add_noise(latents.flatten(0, 1), noise, timesteps)
         for i in range(1, 4):
-            x = unet_input(pipe.unet, xt[i : i + 1], latents[0, i - 1 : i])  # as it is, for the paper's UNet
+            step = (latents[0, i - 1 : i] - latents[0, i - 2 : i - 1]) * scale if i > 1 else None
+            x = unet_input(pipe.unet, xt[i : i + 1], latents[0, i - 1 : i], step)  # as it is, for the paper's UNet
             ctx = cache.context(list(range(i)))
             out = pipe.unet(x, timesteps[i : i + 1], None, cross_attention_kwargs={"isa": ctx}).sample
             assert torch.allclose(out[0], pred[0, i], atol=1e-5), i

@@ -5,7 +5,14 @@ import copy
 import pytest
 import torch
 
-from m2m.conditioning import add_last_image_input, after_rows, previous_latents, reads_last_image
+from m2m.conditioning import (
+    add_last_image_input,
+    after_rows,
+    last_steps,
+    previous_latents,
+    reads_last_image,
+    reads_last_step,
+)
 from m2m.images import to_tensor
 from m2m.presets import build_pipeline
 from m2m.sampling import SamplingParams
@@ -23,6 +30,20 @@ def test_each_image_reads_its_predecessor_or_zeros():
     sees = torch.tensor([[True, True, True], [True, False, True]])
     last = after_rows(previous_latents(x0, sees), rows=8)[:, 0, 0, 0]  # 2 rows of a clean pass, then the noisy ones
     assert last.tolist() == [0, 0, 0, 0, 1, 0, 0, 4]  # first images and the dropped one read nothing
+
+
+@pytest.fixture(scope="module", params=["self", "dino"])
+def step_pipe(request, micro):
+    """A change model that reads the last image and the last step."""
+    preset = micro.replace(last_image_input=True, last_image_change=True, last_step_input=True)
+    return build_pipeline(preset.replace(last_image_change_scale=2.0), request.param, seed=0)
+
+
+def test_each_image_reads_its_last_step_or_zeros():
+    x0 = torch.tensor([0.0, 1, 3, 7, 0, 2, 6, 6]).view(8, 1, 1, 1).expand(8, 2, 2, 2)  # 2 sets of 4 images
+    sees = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    steps = last_steps(x0, sees, scale=2.0)[:, 0, 0, 0]
+    assert steps.tolist() == [0, 0, 2, 4, 0, 0, 4, 0]  # (image i-1 - image i-2) * 2; none before the third image
 
 
 def silent(pipe):
@@ -152,11 +173,49 @@ def test_widening_a_trained_unet_keeps_what_it_generates(self_pipe, images):
     assert not torch.equal(moved[0], before[0])
 
 
+def test_a_step_model_reads_three_times_its_latent_channels_and_generates_as_it_trains(step_pipe):
+    assert reads_last_step(step_pipe.unet) and reads_last_image(step_pipe.unet)
+    assert step_pipe.unet.config.in_channels == 3 * step_pipe.unet.config.out_channels
+    assert_training_equals_cached_inference(step_pipe)
+
+
+def test_a_dropped_context_drops_the_last_step_even_for_a_change_model(step_pipe):
+    """Guidance's unconditional branch sees no last step: image 3 reads images 2 - 1, unless its context is dropped."""
+    model = make_model(step_pipe)
+    latents, pixels, timesteps, noise = fixed_batch(step_pipe, 1, 4)
+    moved = latents.clone()
+    moved[:, 1] += 1.0  # image 3's last step (and image 2's last image: not looked at)
+    for dropped, same in ((torch.tensor([[True, True, True, False]]), True), (None, False)):
+        a = predictions(model, latents, pixels, timesteps, noise, dropped)
+        b = predictions(model, moved, pixels, timesteps, noise, dropped)
+        assert torch.allclose(a[0, 3], b[0, 3], atol=1e-6) == same
+
+
+def test_widening_to_the_last_step_keeps_what_it_generates_until_trained(last_pipe, images):
+    """Zero weights for the step's channels: the same images; once they are trained (here: perturbed) the third
+    image of the set on changes (the second has no step: the same)."""
+    wide = copy.deepcopy(last_pipe)
+    add_last_image_input(wide.unet, 2)
+    assert reads_last_step(wide.unet) and not reads_last_step(last_pipe.unet)
+    kwargs = dict(num_images=2, num_inference_steps=2, seed=3)
+    before = [to_tensor([im]) for im in last_pipe(images(1), **kwargs).images]
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(before, (to_tensor([im]) for im in wide(images(1), **kwargs).images), strict=True)
+    )
+    with torch.no_grad():
+        wide.unet.conv_in.weight[:, 8:].normal_(0, 0.5)
+    moved = [to_tensor([im]) for im in wide(images(1), **kwargs).images]
+    assert torch.equal(moved[0], before[0]) and not torch.equal(moved[1], before[1])
+
+
 def test_bad_last_image_flags_are_refused():
     from train.training.m2m import TrainConfig, check_recipe
 
     with pytest.raises(ValueError, match="last-image-input"):
         check_recipe(TrainConfig(init="x", lora_rank=4, last_image_input=True))
+    with pytest.raises(ValueError, match="last-image-input"):
+        check_recipe(TrainConfig(init="x", lora_rank=4, last_step_input=True))
     with pytest.raises(ValueError, match="must be positive"):
         check_recipe(TrainConfig(last_image_change=True, last_image_change_scale=0.0))
     with pytest.raises(ValueError, match="needs --last-image-change"):

@@ -70,14 +70,15 @@ def test_an_architecture_row_changes_what_it_says(row, flag, value):
     assert out.returncode == 0 and words[max(i for i, w in enumerate(words) if w == flag) + 1] == value
 
 
-APPROACHES = ("adapter", "scratch", "scratch-last", "scratch-change", "scratch-scaled", "tune-last")
+APPROACHES = ("adapter", "scratch", "scratch-last", "scratch-change", "scratch-scaled", "scratch-step", "tune-last")
 
 
 @pytest.mark.parametrize("task", ["nvs", "procedure"])
 @pytest.mark.parametrize("variant", ["self", "dino"])
 def test_every_task_approach_is_a_recipe_the_trainer_takes(variant, task):
     """scripts/train_tasks_cpu.sh: each approach's flags parse and pass the trainer's checks; only the scaled change
-    draws on the last pixels, over the floor the script names; STEPS and COOLDOWN end a run on a cool-down."""
+    (and it with the last step) draws on the last pixels, over the floor the script names; STEPS and COOLDOWN end a
+    run on a cool-down."""
     from train.training.m2m import check_recipe, parse_args
 
     for approach in APPROACHES:
@@ -87,8 +88,9 @@ def test_every_task_approach_is_a_recipe_the_trainer_takes(variant, task):
         assert out.returncode == 0, out.stderr
         cfg = parse_args(out.stdout.split())
         check_recipe(cfg)
-        assert (cfg.variant, cfg.task, cfg.last_image_change) == (variant, task, approach.startswith("scratch-c")
-                                                                  or approach == "scratch-scaled")  # fmt: skip
+        on_pixels = approach in ("scratch-scaled", "scratch-step")  # the scaled change, and it with the last step
+        assert (cfg.variant, cfg.task, cfg.last_image_change) == (variant, task, approach == "scratch-change"
+                                                                  or on_pixels)  # fmt: skip
+        assert cfg.last_step_input == (approach == "scratch-step")
         assert (cfg.steps, cfg.cooldown_steps) == (900, 200)
-        on_pixels = approach == "scratch-scaled"
         assert (cfg.last_image_pixels, cfg.last_image_change_floor) == ((True, 0.25) if on_pixels else (False, 0.0))

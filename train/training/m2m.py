@@ -81,6 +81,7 @@ class TrainConfig:
     last_image_input: bool = False  # the UNet also reads the last image's latent (m2m/conditioning.py); with --init,
     # its first convolution is widened with zero weights, so the model starts as the one loaded
     last_image_change: bool = False  # ... and denoises the change from the last image (implies --last-image-input)
+    last_step_input: bool = False  # ... and reads the last step, last image minus the one before (implies the same)
     last_image_change_scale: float = 1.0  # ... times this (1 / the change's rms: latent_stats --changes)
     last_image_pixels: bool = False  # ... and draws it on the last image's own pixels (generation only)
     last_image_change_floor: float = 0.0  # ... where its largest channel is at least this (generation only)
@@ -187,7 +188,7 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise ValueError(f"--timestep-sampler {cfg.timestep_sampler!r}: choose from {TIMESTEP_SAMPLERS}")
     if cfg.zero_terminal_snr and cfg.lora_rank:  # an adapter keeps no scheduler: it samples with its base's
         raise ValueError("--zero-terminal-snr changes the noise schedule, which a LoRA adapter cannot carry")
-    if (cfg.last_image_input or cfg.last_image_change) and cfg.lora_rank:  # an adapter stores LoRA deltas only
+    if reads_last(cfg) and cfg.lora_rank:  # an adapter stores LoRA deltas only
         raise ValueError("--last-image-input widens the UNet's input, which a LoRA adapter cannot carry")
     if cfg.last_image_pixels and not cfg.last_image_change:
         raise ValueError("--last-image-pixels draws a change on the last image: it needs --last-image-change")
@@ -197,6 +198,11 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise ValueError(f"--cooldown-steps must be between 0 and --steps ({cfg.steps}), got {cfg.cooldown_steps}")
     if cfg.last_image_change_scale <= 0:
         raise ValueError(f"--last-image-change-scale must be positive, got {cfg.last_image_change_scale}")
+
+
+def reads_last(cfg: TrainConfig) -> bool:
+    """Whether the UNet reads the last image (and perhaps the last step) beside its noisy latent."""
+    return cfg.last_image_input or cfg.last_image_change or cfg.last_step_input
 
 
 def build_start(cfg: TrainConfig) -> M2MPipeline:
@@ -212,8 +218,8 @@ def build_start(cfg: TrainConfig) -> M2MPipeline:
         if cfg.reference_images is not None:  # nor has reference attention: it reads the UNet's own self-attention
             pipe.set_reference_images(cfg.reference_images)
         pipe.isa.register_to_config(**older_context(cfg))
-        if cfg.last_image_input or cfg.last_image_change:
-            add_last_image_input(pipe.unet)
+        if reads_last(cfg):
+            add_last_image_input(pipe.unet, 2 if cfg.last_step_input else 1)
         if cfg.last_image_change:
             pipe.isa.register_to_config(last_image_change=True, last_image_change_scale=cfg.last_image_change_scale,
                                         last_image_pixels=cfg.last_image_pixels,
@@ -247,10 +253,11 @@ def new_model_preset(cfg: TrainConfig) -> Preset:
         changes["reference_images"] = cfg.reference_images
     if cfg.image_encoder_size is not None:
         changes["image_encoder_size"] = cfg.image_encoder_size
-    if cfg.last_image_input or cfg.last_image_change:
+    if reads_last(cfg):
         changes.update(
             last_image_input=True,
             last_image_change=cfg.last_image_change,
+            last_step_input=cfg.last_step_input,
             last_image_change_scale=cfg.last_image_change_scale,
             last_image_pixels=cfg.last_image_pixels,
             last_image_change_floor=cfg.last_image_change_floor,
