@@ -41,6 +41,8 @@ def test_procedures_have_six_families_4_to_8_ordered_steps():
     assert np.array_equal(np.asarray(again[-1]), np.asarray(procedures.render("train", 5)[1][-1]))
     _, held = procedures.render("heldout", 0)
     assert not np.array_equal(np.asarray(held[-1]), np.asarray(procedures.render("train", 0)[1][-1]))
+    held_out = {procedures.instance("heldout", i)[0] for i in range(len(procedures.FAMILIES))}
+    assert held_out == set(procedures.FAMILIES)  # every family is held out, within any six instances in a row
 
 
 def test_task_metrics_copy_of_the_truth_scores_perfectly_and_copying_the_last_image_scores_zero():
