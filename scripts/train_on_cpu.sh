@@ -5,6 +5,10 @@
 #   bash scripts/train_on_cpu.sh run self|dino      # chunk after chunk until stopped (nohup ... &)
 #   bash scripts/train_on_cpu.sh chunk self|dino    # one chunk and its ledger row
 #   bash scripts/train_on_cpu.sh install self|dino  # the last export into checkpoints/, by hand once it scores better
+#   bash scripts/train_on_cpu.sh flags self|dino    # the training command's flags, without running it
+# The rate stays flat (--steps far off); to end on a cool-down, one chunk with STEPS near the last checkpoint's step
+# and COOLDOWN=N: flat, then linear to zero over the last N steps (--cooldown-steps), e.g.
+#   STEPS=1300 COOLDOWN=200 bash scripts/train_on_cpu.sh chunk self
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
@@ -14,20 +18,24 @@ R=${R:-runs/train-on}
 CHUNK_MINUTES=${CHUNK_MINUTES:-100}
 SPRITES=${SPRITES:-data/sprites.npz}
 SEED=${SEED:-5}  # the shipped runs drew their sets with seeds 0-3
+STEPS=${STEPS:-1000000}
+COOLDOWN=${COOLDOWN:-0}
 
 design() { [ "$1" = self ] && echo "$SELF_DESIGN" || echo "$DINO_DESIGN"; }
 tag() { [ "$1" = self ] && echo "$SELF_TAG" || echo "$DINO_TAG"; }
 
+train_flags() {  # VARIANT: the design's flags come last: where it sets one of these, it wins
+    echo "--variant $1 --init checkpoints/m2m-$1-tiny --data open:train --val-data open:heldout --sprites $SPRITES" \
+        "--seed $SEED --steps $STEPS --cooldown-steps $COOLDOWN --lr 2e-4 --warmup 30 --ema-decay 0.999" \
+        "--batch-sets 8 --min-k 2 --max-k 6 --mixed-precision no --log-every 10 --val-every 50 --checkpoint-every 50" \
+        "--sample-every 1000000 --max-minutes $CHUNK_MINUTES --export-fp16 --out $R/m2m-$1-tiny $(design "$1")"
+}
+
 train_chunk() {  # VARIANT
-    local v=$1
     mkdir -p "$R"
     [ -f "$SPRITES" ] || $PY -m train.data.sprites --out "$SPRITES"
-    # shellcheck disable=SC2046  # the design is flags, last: where it sets one of these, it wins
-    OMP_NUM_THREADS=1 $PY -m train.training.m2m --variant "$v" --init "checkpoints/m2m-$v-tiny" \
-        --data open:train --val-data open:heldout --sprites "$SPRITES" --seed "$SEED" --steps 1000000 --lr 2e-4 \
-        --warmup 30 --ema-decay 0.999 --batch-sets 8 --min-k 2 --max-k 6 --mixed-precision no --log-every 10 \
-        --val-every 50 --checkpoint-every 50 --sample-every 1000000 --max-minutes "$CHUNK_MINUTES" --export-fp16 \
-        --out "$R/m2m-$v-tiny" $(design "$v") >> "$R/m2m-$v-tiny.log" 2>&1
+    # shellcheck disable=SC2046  # flags
+    OMP_NUM_THREADS=1 $PY -m train.training.m2m $(train_flags "$1") >> "$R/m2m-$1-tiny.log" 2>&1
 }
 
 score() {  # VARIANT: the export on both sources, then its ledger row
@@ -40,8 +48,9 @@ score() {  # VARIANT: the export on both sources, then its ledger row
 case "${1:-}:${2:-}" in
     run:self | run:dino) while true; do train_chunk "$2"; score "$2"; done ;;
     chunk:self | chunk:dino) train_chunk "$2"; score "$2" ;;
+    flags:self | flags:dino) train_flags "$2" ;;
     install:self | install:dino)
         [ -f "$R/m2m-$2-tiny/pipeline/model_index.json" ] || { echo "no export in $R/m2m-$2-tiny/pipeline" >&2; exit 1; }
         rm -rf "checkpoints/m2m-$2-tiny" && cp -r "$R/m2m-$2-tiny/pipeline" "checkpoints/m2m-$2-tiny" ;;
-    *) echo "usage: $0 run|chunk|install self|dino" >&2; exit 2 ;;
+    *) echo "usage: $0 run|chunk|install|flags self|dino" >&2; exit 2 ;;
 esac

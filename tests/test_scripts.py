@@ -94,3 +94,19 @@ def test_every_task_approach_is_a_recipe_the_trainer_takes(variant, task):
         assert cfg.last_step_input == (approach == "scratch-step")
         assert (cfg.steps, cfg.cooldown_steps) == (900, 200)
         assert (cfg.last_image_pixels, cfg.last_image_change_floor) == ((True, 0.25) if on_pixels else (False, 0.0))
+
+
+@pytest.mark.parametrize("variant", ["self", "dino"])
+def test_the_train_on_chunks_are_a_recipe_the_trainer_takes_and_may_end_on_a_cool_down(variant):
+    """scripts/train_on_cpu.sh: the flags go on from the shipped model with the design's flags; flat by default,
+    and STEPS with COOLDOWN end the run on a cool-down."""
+    from train.training.m2m import check_recipe, parse_args
+
+    for env, schedule in (({}, (1000000, 0)), ({"STEPS": "1300", "COOLDOWN": "200"}, (1300, 200))):
+        out = subprocess.run(["bash", "scripts/train_on_cpu.sh", "flags", variant], cwd=ROOT,
+                             env={**os.environ, **env}, capture_output=True, text=True)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        cfg = parse_args(out.stdout.split())
+        check_recipe(cfg)
+        assert (cfg.variant, cfg.init, cfg.data) == (variant, f"checkpoints/m2m-{variant}-tiny", "open:train")
+        assert (cfg.steps, cfg.cooldown_steps) == schedule
