@@ -78,12 +78,9 @@ class M2MModel(nn.Module):
         """The noisy images' predictions; `last`: `last_images(x0, sees_context)` where the caller has it."""
         sample, t, context = self.encoder.training_batch(self, x0, xt, timesteps, sees_context, pixels)
         last = self.last_images(x0, sees_context) if last is None else last
-        if last is not None:  # the noisy images (the last B*K rows) read their predecessor's latent (, last step)
-            step = self.last_steps(x0, sees_context)
-            rows = sample.shape[0]
-            sample = unet_input(
-                self.unet, sample, after_rows(last, rows), None if step is None else after_rows(step, rows)
-            )
+        if last is not None:  # the noisy images (the last B*K rows) read their predecessor's latent (and last step)
+            extra = (last, self.last_steps(x0, sees_context))  # zeros for the rows of M2M-Self's clean pass
+            sample = unet_input(self.unet, sample, *(None if x is None else after_rows(x, len(sample)) for x in extra))
         out = self.unet(sample, t, encoder_hidden_states=None, cross_attention_kwargs={"isa": context}).sample
         return out[-xt.shape[0] :]  # (B*K, 4, h, w): the noisy images' predictions
 
