@@ -190,8 +190,7 @@ class M2MPipeline(DiffusionPipeline):
         n_cond = 1 if params.guidance != 1.0 else None  # guidance batch: [cond; uncond]
         ctx = self._context_for(context_window(index, params.max_context), images, cache, n_cond)
         seed = image_seed(params.seed, index)
-        last = self.last_latent(images) if index and reads_last_image(self.unet) else None
-        step = self.last_step(images, last) if index > 1 and reads_last_step(self.unet) else None
+        last, step = self.last_inputs(images) if index and reads_last_image(self.unet) else (None, None)
         pixels = self.decode(self.denoise(ctx, seed, params, on_step, last, step))  # (1, 3, H, W)
         if last is not None and self.isa.config.last_image_change and self.isa.config.last_image_pixels:
             pixels = self.on_last_pixels(pixels, images[-1], last)
@@ -206,19 +205,20 @@ class M2MPipeline(DiffusionPipeline):
         change = torch.where(change.abs().amax(1, keepdim=True) >= self.isa.config.last_image_change_floor, change, 0)
         return (to_tensor([last_image]).to(pixels) + change).clamp(-1, 1)
 
-    @torch.no_grad()
-    def last_latent(self, images: list[Image.Image]) -> Tensor:
-        """The last prepared image's latent (1, 4, h, w), for a UNet that reads it: one encode per new image."""
-        pixels = to_tensor(images[-1:]).to(self.device, self.vae.dtype)
-        return vae_latents(self.vae, pixels).to(self.unet.dtype)
+    def last_inputs(self, images: list[Image.Image]) -> tuple[Tensor, Tensor | None]:
+        """What a UNet that reads them gets beside the noisy latent: the last prepared image's latent (1, 4, h, w)
+        and, for a UNet that reads it and two images or more, the last step (1, 4, h, w): that latent minus the
+        one's before it, times the change scale (m2m/conditioning.py)."""
+        last = self.last_latent(images)
+        if not reads_last_step(self.unet) or len(images) < 2:
+            return last, None
+        return last, (last - self.last_latent(images[:-1])) * self.isa.config.last_image_change_scale
 
     @torch.no_grad()
-    def last_step(self, images: list[Image.Image], last: Tensor) -> Tensor:
-        """The last step (1, 4, h, w): the last image's latent `last` minus the one's before it, times the change
-        scale, for a UNet that reads it (m2m/conditioning.py)."""
-        pixels = to_tensor(images[-2:-1]).to(self.device, self.vae.dtype)
-        before = vae_latents(self.vae, pixels).to(self.unet.dtype)
-        return (last - before) * self.isa.config.last_image_change_scale
+    def last_latent(self, images: list[Image.Image]) -> Tensor:
+        """The last prepared image's latent (1, 4, h, w), encoded alone (the same bits whatever the UNet reads)."""
+        pixels = to_tensor(images[-1:]).to(self.device, self.vae.dtype)
+        return vae_latents(self.vae, pixels).to(self.unet.dtype)
 
     def _context_for(self, window, images, cache, n_cond) -> Callable[[], CachedContext | None]:
         """Cached: one context for every step. Recomputed (the paper's way): the window re-encoded each step."""

@@ -151,7 +151,7 @@ def build_pipeline(preset: Preset | str, variant: str = "self", seed: int = 0) -
     preset = get_preset(preset) if isinstance(preset, str) else preset
     torch.manual_seed(seed)
     reads_last = preset.last_image_input or preset.last_image_change
-    extra = reads_last + (reads_last and preset.last_step_input)  # [noisy; last image; last step]
+    extra = (2 if preset.last_step_input else 1) if reads_last else 0  # [noisy; last image (; last step)]
     in_channels = preset.unet["out_channels"] * (1 + extra)
     unet = UNet2DConditionModel(**{**preset.unet, "in_channels": in_channels})
     vae = build_autoencoder(preset)
