@@ -184,3 +184,13 @@ def test_the_ledger_adds_a_row_per_scored_export_and_draws_its_curve(tmp_path):
         ledger.main(["add", "--ledger", str(book), "--model", "self", "--checkpoint", str(run / "pipeline"),
                      "--evals", *map(str, evals), "--log", str(run / "log-copy.csv")])  # fmt: skip
     assert len(list(csv.DictReader(book.open()))) == 3
+
+
+def test_learning_curve_legend_wraps_every_series_in_order_within_the_width():
+    from train.evaluation.learning_curve import legend_rows
+
+    names = [f"model-{i}, open:heldout" for i in range(9)]
+    rows = legend_rows(names, 600)
+    assert [n for row in rows for n in row] == names
+    assert len(rows) > 1 and all(rows)
+    assert legend_rows(names[:1], 10) == [names[:1]]  # one entry wider than the row still gets a row

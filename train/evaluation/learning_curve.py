@@ -23,7 +23,8 @@ if not __package__:  # run by path: import from the repository root as `python -
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 PANEL_W, PANEL_H, MARGIN = 420, 300, 50
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+LEGEND_ROW = 18
 TREND_SPAN = 2  # a trend is drawn for a series whose images grow at least this many times: over less, it is noise
 
 
@@ -81,11 +82,31 @@ class Panel:
             self.draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
 
 
+def legend_width(draw: ImageDraw.ImageDraw, name: str) -> float:
+    """An entry's width: its line, its name and the gap after it."""
+    return 26 + draw.textlength(name) + 30
+
+
+def legend_rows(names: list[str], width: float) -> list[list[str]]:
+    """The legend's entries, in order, wrapped into rows that fit `width`."""
+    draw, rows, x = ImageDraw.Draw(Image.new("RGB", (1, 1))), [[]], 0.0
+    for name in names:
+        w = legend_width(draw, name)
+        if rows[-1] and x + w > width:
+            rows.append([])
+            x = 0.0
+        rows[-1].append(name)
+        x += w
+    return rows
+
+
 def plot(points: dict, ceilings: dict[str, float], bars: dict[str, float], chance: float,
          source: str = "open:heldout") -> Image.Image:  # fmt: skip
     images = [i for p in points.values() for i, _, _ in p]
     lo, hi = 10 ** math.floor(math.log10(min(images))), 10 ** math.ceil(math.log10(max(images)) + 3)
-    img = Image.new("RGB", (2 * PANEL_W + 3 * MARGIN, PANEL_H + 3 * MARGIN), "white")
+    width = 2 * PANEL_W + 3 * MARGIN
+    rows = legend_rows(list(points), width - 2 * MARGIN)
+    img = Image.new("RGB", (width, PANEL_H + 3 * MARGIN + LEGEND_ROW * (len(rows) - 1)), "white")
     draw = ImageDraw.Draw(img)
     for k, metric in enumerate(("colour", "shape")):
         panel = Panel(draw, (MARGIN + k * (PANEL_W + MARGIN), MARGIN), lo, hi,
@@ -98,11 +119,15 @@ def plot(points: dict, ceilings: dict[str, float], bars: dict[str, float], chanc
             panel.series(series, COLOURS[m % len(COLOURS)])
             if metric == "colour" and series[-1][0] >= TREND_SPAN * series[0][0]:
                 panel.trend(series, COLOURS[m % len(COLOURS)], ceilings[metric])
-    x, y = MARGIN, PANEL_H + 2 * MARGIN + 10
-    for m, model in enumerate(points):
-        draw.line([x, y, x + 20, y], fill=COLOURS[m % len(COLOURS)], width=2)
-        draw.text((x + 26, y - 6), model, fill=COLOURS[m % len(COLOURS)])
-        x += 26 + draw.textlength(model) + 30
+    y, m = PANEL_H + 2 * MARGIN + 10, 0
+    for row in rows:
+        x = MARGIN
+        for model in row:
+            draw.line([x, y, x + 20, y], fill=COLOURS[m % len(COLOURS)], width=2)
+            draw.text((x + 26, y - 6), model, fill=COLOURS[m % len(COLOURS)])
+            x, m = x + legend_width(draw, model), m + 1
+        y += LEGEND_ROW
+    y -= LEGEND_ROW
     note = f"dotted: colour's least-squares trend in log(images), up to the round trip (over {TREND_SPAN}x images)"
     draw.text((MARGIN, y + 14), note, fill="gray")
     return img
