@@ -92,3 +92,31 @@ def test_evaluate_tasks_all_scores_every_task_model_of_a_folder(micro, tmp_path)
                           "1", "--out", str(tmp_path / "all.json")])  # fmt: skip
     assert set(results) == {"self-nvs", "self-procedure", "dino-nvs", "dino-procedure"}
     assert all(set(r[2]) == {"fine-tuned", "copy-last", "truth"} for r in results.values())
+
+
+def filled_cells(image, side: int) -> list[int]:
+    """The cells of a fill-grid step that are filled, read from the image's pixels at each cell's centre."""
+    cell, a = 96 // side, np.asarray(image)
+    centres = [(16 + (i // side) * cell + cell // 2, 16 + (i % side) * cell + cell // 2) for i in range(side * side)]
+    return [i for i, (y, x) in enumerate(centres) if a[y, x].min() < 240]
+
+
+def reading_orders(side: int) -> list[list[int]]:
+    """The 8 orders in which a side x side grid can be read: along rows or columns, from each corner."""
+    grid = np.arange(side * side).reshape(side, side)  # (side, side): each cell's row-major index
+    return [list(g[::dy, ::dx].ravel()) for g in (grid, grid.T) for dy in (1, -1) for dx in (1, -1)]
+
+
+def test_fill_grid_fills_in_reading_order_so_the_first_cells_say_the_next():
+    grids = [i for i in range(60) if procedures.instance("train", i)[0] == "fill-grid"]
+    orders = {side: reading_orders(side) for side in (3, 4)}
+    assert len(grids) >= 5
+    for i in grids:
+        _, images = procedures.render("train", i)
+        row = np.asarray(images[0], dtype=np.int64)[70]  # (128, 3): a line across the grid
+        grey = np.abs(row - 60).max(-1) < 25  # the cells' outlines
+        side = int(np.sum(grey[1:100] & ~grey[:99]))  # the vertical lines left of the last: one per column
+        steps = [filled_cells(img, side) for img in images]
+        assert all(len(s) == k + 1 for k, s in enumerate(steps))
+        added = [next(iter(set(b) - set(a))) for a, b in itertools.pairwise([[], *steps])]
+        assert any(order[: len(added)] == added for order in orders[side])

@@ -58,8 +58,11 @@ def draw_figure(rng, steps):
 
 
 def fill_grid(rng, steps):
+    """Cells filled in reading order from a random corner, along rows or columns: the first two say which."""
     side = int(rng.integers(3, 5))
-    cells = rng.permutation(side * side)[:steps]
+    order = np.arange(side * side).reshape(side, side)  # (side, side): each cell's index, row-major
+    order = order.T if rng.integers(2) else order
+    cells = order[:: rng.choice([-1, 1]), :: rng.choice([-1, 1])].ravel()[:steps]
     colour, cell = _colour(rng), 96 // side
 
     def draw(d, k):
