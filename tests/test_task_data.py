@@ -120,3 +120,10 @@ def test_fill_grid_fills_in_reading_order_so_the_first_cells_say_the_next():
         assert all(len(s) == k + 1 for k, s in enumerate(steps))
         added = [next(iter(set(b) - set(a))) for a, b in itertools.pairwise([[], *steps])]
         assert any(order[: len(added)] == added for order in orders[side])
+
+
+def test_a_pie_cut_is_wide_enough_to_see_at_a_quarter_of_the_size():
+    pies = [i for i in range(60) if procedures.instance("heldout", i)[0] == "slice-pie"]
+    _, images = procedures.render("heldout", pies[0])
+    small = [np.asarray(img.resize((32, 32)), dtype=np.float64) for img in images[:2]]  # as the step metric sees it
+    assert np.abs(small[1] - small[0]).max() > 100  # the second cut shows as a near-white line, not a faint shade

@@ -23,6 +23,7 @@ if not __package__:  # run by path: import from the repository root as `python -
 
 SIZE = 128
 SS = 2  # supersampling
+CUT = 8  # a pie's cut, in pixels: at 2 the autoencoder's round trip of the next step beat the last 0.12 of the time
 
 
 def _colour(rng: np.random.Generator, lo: int = 40, hi: int = 220) -> tuple[int, int, int]:
@@ -79,10 +80,10 @@ def slice_pie(rng, steps):
 
     def draw(d, k):
         d.ellipse([20 * SS, 20 * SS, 108 * SS, 108 * SS], fill=colour, outline=(40, 40, 40), width=SS)
-        for i in range(k):  # the i-th cut: a line from the centre
+        for i in range(k):  # the i-th cut: a gap from the centre, wide enough to survive the autoencoder
             a = math.radians(start + i * 360 / steps)
             d.line([64 * SS, 64 * SS, (64 + 44 * math.cos(a)) * SS, (64 + 44 * math.sin(a)) * SS],
-                   fill=(255, 255, 255), width=2 * SS)  # fmt: skip
+                   fill=(255, 255, 255), width=CUT * SS)  # fmt: skip
 
     return draw
 
