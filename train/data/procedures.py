@@ -23,7 +23,7 @@ if not __package__:  # run by path: import from the repository root as `python -
 
 SIZE = 128
 SS = 2  # supersampling
-CUT = 8  # a pie's cut, in pixels: at 2 the autoencoder's round trip of the next step beat the last 0.12 of the time
+CUT = 8  # a pie's cut in px: at 2, the true next step through the autoencoder passed 0.06 (bench/pie_cuts.py)
 
 
 def _colour(rng: np.random.Generator, lo: int = 40, hi: int = 220) -> tuple[int, int, int]:
@@ -75,7 +75,7 @@ def fill_grid(rng, steps):
     return draw
 
 
-def slice_pie(rng, steps):
+def slice_pie(rng, steps, cut: int = CUT):
     colour, start = _colour(rng), float(rng.uniform(0, 360))
 
     def draw(d, k):
@@ -83,7 +83,7 @@ def slice_pie(rng, steps):
         for i in range(k):  # the i-th cut: a gap from the centre, wide enough to survive the autoencoder
             a = math.radians(start + i * 360 / steps)
             d.line([64 * SS, 64 * SS, (64 + 44 * math.cos(a)) * SS, (64 + 44 * math.sin(a)) * SS],
-                   fill=(255, 255, 255), width=CUT * SS)  # fmt: skip
+                   fill=(255, 255, 255), width=cut * SS)  # fmt: skip
 
     return draw
 
@@ -141,13 +141,17 @@ def render(split: str, index: int, seed: int = 0) -> tuple[str, list[Image.Image
     """Instance `index` of a split: its family and its images, step 1 .. n (the state after each action)."""
     family, steps, rng = instance(split, index, seed)
     background = tuple(int(c) for c in rng.integers(225, 256, 3))
-    draw = FAMILIES[family](rng, steps)
+    return family, draw_steps(FAMILIES[family](rng, steps), steps, background)
+
+
+def draw_steps(draw, steps: int, background: tuple[int, int, int]) -> list[Image.Image]:
+    """A family's drawing as its images, step 1 .. n, supersampled then brought down to SIZE."""
     images = []
     for k in range(1, steps + 1):
         img = Image.new("RGB", (SIZE * SS, SIZE * SS), background)
         draw(ImageDraw.Draw(img), k)
         images.append(img.resize((SIZE, SIZE), Image.Resampling.LANCZOS))
-    return family, images
+    return images
 
 
 def set_record(split: str, index: int, k: int = 8, seed: int = 0) -> dict:
