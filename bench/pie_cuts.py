@@ -15,17 +15,17 @@ import numpy as np
 if not __package__:  # run by path: import from the repository root as `python -m` does, not from this folder
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 from m2m.loading import load_pipeline
+from m2m.pipeline import M2MPipeline
 from train.data import procedures
 from train.evaluation.evaluate import round_trip
 from train.evaluation.tasks import scores, to_unit
 
 
-def ceiling(pipe, width: int, pies: list[int], ks: tuple[int, ...]) -> tuple[float, int]:
+def ceiling(pipe: M2MPipeline, width: int, pies: list[int], ks: tuple[int, ...]) -> tuple[float, int]:
     """The truth's round trip's step accuracy over the held-out pies `pies`, redrawn with cuts `width` px wide."""
     passed = []
     for index in pies:
-        _, steps, rng = procedures.instance("heldout", index)
-        background = tuple(int(c) for c in rng.integers(225, 256, 3))
+        _, steps, background, rng = procedures.instance("heldout", index)
         images = procedures.draw_steps(procedures.slice_pie(rng, steps, cut=width), steps, background)
         for k in (k for k in ks if k < len(images)):
             truth = to_unit(round_trip(pipe, [images[k]]))  # (1, 3, H, W)
@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--pies", type=int, default=24, help="held-out slice-pie instances")
     args = p.parse_args()
     pipe = load_pipeline(args.checkpoint)
-    kinds = ((i, procedures.instance("heldout", i)[0]) for i in range(100 * args.pies))
+    kinds = ((i, procedures.instance("heldout", i)[0]) for i in range(len(procedures.FAMILIES) * args.pies))
     pies = [i for i, kind in kinds if kind == "slice-pie"][: args.pies]
     print("| cut (px) | truth's step accuracy | steps |\n|---|---|---|")
     for width in args.widths:

@@ -187,10 +187,14 @@ def test_the_ledger_adds_a_row_per_scored_export_and_draws_its_curve(tmp_path):
 
 
 def test_learning_curve_legend_wraps_every_series_in_order_within_the_width():
-    from train.evaluation.learning_curve import legend_rows
+    from PIL import Image, ImageDraw
+
+    from train.evaluation.learning_curve import legend_rows, legend_width
 
     names = [f"model-{i}, open:heldout" for i in range(9)]
     rows = legend_rows(names, 600)
     assert [n for row in rows for n in row] == names
     assert len(rows) > 1 and all(rows)
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    assert all(sum(legend_width(draw, n) for n in row) <= 600 for row in rows if len(row) > 1)
     assert legend_rows(names[:1], 10) == [names[:1]]  # one entry wider than the row still gets a row

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ if not __package__:  # run by path: import from the repository root as `python -
 
 SIZE = 128
 SS = 2  # supersampling
+Drawing = Callable[[ImageDraw.ImageDraw, int], None]  # draws the state after k actions
 CUT = 8  # a pie's cut in px: at 2, the true next step through the autoencoder passed 0.06 (bench/pie_cuts.py)
 
 
@@ -126,25 +128,25 @@ FAMILIES = {
 }  # fmt: skip
 
 
-def instance(split: str, index: int, seed: int = 0) -> tuple[str, int, np.random.Generator]:
-    """Family, number of steps and drawing generator of instance `index` of a split. Families take turns by
+def instance(split: str, index: int, seed: int = 0) -> tuple[str, int, tuple[int, int, int], np.random.Generator]:
+    """Family, number of steps, background and drawing generator of instance `index` of a split. Families take turns by
     index within each split: by the global index, a multiple of 10, held-out instances were of the even families
     only (three of six, until 2026-12-07)."""
     heldout = split == "heldout"
     global_index = index * 10 if heldout else index + index // 9 + 1
     rng = np.random.default_rng([seed, global_index, 17])
     family = list(FAMILIES)[(index if heldout else global_index) % len(FAMILIES)]
-    return family, int(rng.integers(4, 9)), rng
+    steps = int(rng.integers(4, 9))
+    return family, steps, tuple(int(c) for c in rng.integers(225, 256, 3)), rng
 
 
 def render(split: str, index: int, seed: int = 0) -> tuple[str, list[Image.Image]]:
     """Instance `index` of a split: its family and its images, step 1 .. n (the state after each action)."""
-    family, steps, rng = instance(split, index, seed)
-    background = tuple(int(c) for c in rng.integers(225, 256, 3))
+    family, steps, background, rng = instance(split, index, seed)
     return family, draw_steps(FAMILIES[family](rng, steps), steps, background)
 
 
-def draw_steps(draw, steps: int, background: tuple[int, int, int]) -> list[Image.Image]:
+def draw_steps(draw: Drawing, steps: int, background: tuple[int, int, int]) -> list[Image.Image]:
     """A family's drawing as its images, step 1 .. n, supersampled then brought down to SIZE."""
     images = []
     for k in range(1, steps + 1):
