@@ -119,15 +119,14 @@ def plot(points: dict, ceilings: dict[str, float], bars: dict[str, float], chanc
             panel.series(series, COLOURS[m % len(COLOURS)])
             if metric == "colour" and series[-1][0] >= TREND_SPAN * series[0][0]:
                 panel.trend(series, COLOURS[m % len(COLOURS)], ceilings[metric])
-    y, m = PANEL_H + 2 * MARGIN + 10, 0
-    for row in rows:
-        x = MARGIN
+    colour = {model: COLOURS[m % len(COLOURS)] for m, model in enumerate(points)}  # as in the panels
+    top = PANEL_H + 2 * MARGIN + 10
+    for r, row in enumerate(rows):
+        x, y = MARGIN, top + r * LEGEND_ROW
         for model in row:
-            draw.line([x, y, x + 20, y], fill=COLOURS[m % len(COLOURS)], width=2)
-            draw.text((x + 26, y - 6), model, fill=COLOURS[m % len(COLOURS)])
-            x, m = x + legend_width(draw, model), m + 1
-        y += LEGEND_ROW
-    y -= LEGEND_ROW
+            draw.line([x, y, x + 20, y], fill=colour[model], width=2)
+            draw.text((x + 26, y - 6), model, fill=colour[model])
+            x += legend_width(draw, model)
     note = f"dotted: colour's least-squares trend in log(images), up to the round trip (over {TREND_SPAN}x images)"
     draw.text((MARGIN, y + 14), note, fill="gray")
     return img
