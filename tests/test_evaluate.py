@@ -158,7 +158,7 @@ def test_the_ledger_adds_a_row_per_scored_export_and_draws_its_curve(tmp_path):
     assert rows[0]["simple_shape"] == "0.5" and rows[0]["heldout_shape"] == "0.25" and rows[0]["context_gain"] == "0.15"
     assert ledger.points(book)["self, simple"] == [(1000.0, 0.75, 0.5), (4000.0, 0.75, 0.5)]
     task = tmp_path / "tasks.json"
-    metrics = {"ssim": 0.9, "ssim_32": 0.93, "step_accuracy": 0.75, "turn_accuracy": 0.0}
+    metrics = {"ssim": 0.9, "ssim_32": 0.93, "step_accuracy": 0.75, "turn_accuracy": 0.0, "change_cosine": 0.5}
     task.write_text(
         json.dumps(
             {
@@ -177,6 +177,7 @@ def test_the_ledger_adds_a_row_per_scored_export_and_draws_its_curve(tmp_path):
         "",
     )
     assert (last["task_ssim_32"], last["copy_last_ssim_32"]) == ("0.93", "0.92")  # where the task's bar compares
+    assert last["task_change_cosine"] == "0.5"
     ledger.main(["plot", "--ledger", str(book), "--out", str(tmp_path / "curve.png")])
     assert (tmp_path / "curve.png").stat().st_size > 1000
     (run / "log-copy.csv").write_text((run / "log.csv").read_text())
@@ -184,6 +185,10 @@ def test_the_ledger_adds_a_row_per_scored_export_and_draws_its_curve(tmp_path):
         ledger.main(["add", "--ledger", str(book), "--model", "self", "--checkpoint", str(run / "pipeline"),
                      "--evals", *map(str, evals), "--log", str(run / "log-copy.csv")])  # fmt: skip
     assert len(list(csv.DictReader(book.open()))) == 3
+    old = tmp_path / "old.csv"  # a ledger of other columns is not appended to
+    old.write_text("date,model\n")
+    with pytest.raises(SystemExit, match="columns"):
+        ledger.add(old, last)
 
 
 def test_learning_curve_legend_wraps_every_series_in_order_within_the_width():

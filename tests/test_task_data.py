@@ -58,6 +58,10 @@ def test_task_metrics_copy_of_the_truth_scores_perfectly_and_copying_the_last_im
     assert wrong["turn_accuracy"] == wrong["step_accuracy"] == 0.0 and wrong["mse"] > 0
     halfway = scores((steps[2:3] + 3 * steps[3:4]) / 4, steps, 3)  # on the way from the last step to the next
     assert halfway["step_accuracy"] == 1.0
+    assert perfect["change_cosine"] == pytest.approx(1) and halfway["change_cosine"] == pytest.approx(1)
+    assert wrong["change_cosine"] == 0  # no change at all
+    backwards = scores(2 * steps[2:3] - steps[3:4], steps, 3)  # the true change, undone
+    assert backwards["change_cosine"] == pytest.approx(-1)
     both = summary([perfect, wrong])  # an exact copy among the rows keeps the PSNR finite
     assert both["psnr"] == pytest.approx(-10 * math.log10(wrong["mse"] / 2))
     assert summary([perfect])["psnr"] >= 99

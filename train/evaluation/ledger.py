@@ -9,8 +9,8 @@ A row: the date, the model's name, the images it has seen in all (its `m2m_train
 colour and shape retrieval on `open:simple` and `open:heldout` (c = 4, among 16), and the context gain (the mean
 of the run's last three validations, train/training/m2m.py); a task model's row has its task's SSIM and turn or
 step accuracy (train/evaluation/tasks.py) beside copying the last image's SSIM instead (at full resolution and at
-32 px, where the task's bar compares them). The plot draws the
-general models' two sources against images seen.
+32 px, where the task's bar compares them), and its change cosine (scored since 2026-12-07: empty before). The
+plot draws the general models' two sources against images seen.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from train.evaluation.run_log import context_gain
 
 FIELDS = ["date", "model", "images", "steps", "simple_colour", "simple_shape", "heldout_colour", "heldout_shape",
           "context_gain", "task", "task_ssim", "task_ssim_32", "task_accuracy", "copy_last_ssim", "copy_last_ssim_32",
-          "checkpoint"]  # fmt: skip
+          "checkpoint", "task_change_cosine"]  # fmt: skip
 ACCURACY = {"nvs": "turn_accuracy", "procedure": "step_accuracy"}  # train/evaluation/tasks.py's, per task
 
 
@@ -68,11 +68,14 @@ def task_row(path: Path) -> dict:
     model, copy = groups["fine-tuned"], groups["copy-last"]
     return {"task": task, "task_ssim": round(model["ssim"], 4), "task_ssim_32": round(model["ssim_32"], 4),
             "task_accuracy": round(model[ACCURACY[task]], 4), "copy_last_ssim": round(copy["ssim"], 4),
-            "copy_last_ssim_32": round(copy["ssim_32"], 4)}  # fmt: skip
+            "copy_last_ssim_32": round(copy["ssim_32"], 4),
+            "task_change_cosine": round(model["change_cosine"], 4) if "change_cosine" in model else ""}  # fmt: skip
 
 
 def add(ledger: Path, entry: dict) -> None:
     new = not ledger.exists()
+    if not new and (header := ledger.open().readline().strip().split(",")) != FIELDS:
+        raise SystemExit(f"{ledger}: its columns are {header}, this ledger's are {FIELDS}: rewrite it first")
     with ledger.open("a", newline="") as f:
         writer = csv.DictWriter(f, FIELDS, restval="")
         if new:

@@ -13,6 +13,10 @@ each model generates image k+1, which is compared with the true image k+1:
   nearest to (SSIM at 32 px) is the true next view;
 - procedures, **step accuracy**: the generated image is nearer (SSIM at 32 px) to the true next step than the
   last given step is. Copying the last image scores 0 here by construction.
+- both, **change cosine**: at 32 px, the cosine between the change the model made (its image minus the last given
+  one) and the true change (the next image minus the last): 1 for the right change, 0 for none (copy-last) or one
+  that has nothing to do with it. It moves before the accuracies do: a step can be in the right place, of the wrong
+  colour.
 
 Beside the models: `copy-last` (image k itself), `truth` (the true next image through the model's autoencoder:
 the ceiling a perfect diffusion model could reach) and, with --base, the general model without a fine-tune.
@@ -78,7 +82,14 @@ def scores(pred: torch.Tensor, steps: torch.Tensor, index: int) -> dict[str, flo
         "ssim_32": float(sims[index]),
         "turn_accuracy": float(int(sims.argmax()) == index),  # the nearest of all views is the true next one
         "step_accuracy": float(sims[index] > ssim(small_steps[index - 1 : index], small_steps[index : index + 1])),
+        "change_cosine": change_cosine(small, small_steps[index - 1 : index], small_steps[index : index + 1]),
     }  # step accuracy: nearer the next step than the last step is
+
+
+def change_cosine(pred: torch.Tensor, last: torch.Tensor, truth: torch.Tensor) -> float:
+    """The cosine between the change made, pred - last, and the true one, truth - last (each (1, 3, h, w)); 0
+    where either is no change at all."""
+    return float(F.cosine_similarity((pred - last).flatten(), (truth - last).flatten(), dim=0, eps=1e-8))
 
 
 def sequences(source: str, n: int, min_length: int) -> list[tuple[str, list]]:
@@ -135,10 +146,12 @@ def summary(rows: list[dict]) -> dict[str, float]:
 
 def table(results: dict, task: str) -> str:
     accuracy = ACCURACY[task]
-    lines = [f"| k | group | PSNR | SSIM | SSIM at 32 px | {accuracy.replace('_', ' ')} |", "|---|---|---|---|---|---|"]
+    lines = [f"| k | group | PSNR | SSIM | SSIM at 32 px | {accuracy.replace('_', ' ')} | change cosine |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for k, groups in results.items():
         for name, m in groups.items():
-            cells = [f"{m['psnr']:.2f}", *(f"{m[key]:.3f}" for key in ("ssim", "ssim_32", accuracy))]
+            keys = ("ssim", "ssim_32", accuracy, "change_cosine")
+            cells = [f"{m['psnr']:.2f}", *(f"{m[key]:.3f}" if key in m else "-" for key in keys)]
             lines.append(f"| {k} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -150,9 +163,13 @@ def family_table(families: dict, task: str, group: str = "fine-tuned") -> str:
     lines = ["| family | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
     for kind in kinds:
         cells = [families[k][kind][group] if kind in families[k] else None for k in ks]
-        lines.append(f"| {kind} | " + " | ".join("-" if m is None else f"{m[accuracy]:.2f} (n {m['n']})"
-                                                 for m in cells) + " |")  # fmt: skip
+        lines.append(f"| {kind} | " + " | ".join("-" if m is None else family_cell(m, accuracy) for m in cells) + " |")
     return "\n".join(lines)
+
+
+def family_cell(m: dict, accuracy: str) -> str:
+    cosine = f", cos {m['change_cosine']:.2f}" if "change_cosine" in m else ""
+    return f"{m[accuracy]:.2f}{cosine} (n {m['n']})"
 
 
 def run(task: str, checkpoint: str | Path, base: str | None, args: argparse.Namespace) -> dict:
