@@ -23,7 +23,9 @@ if not __package__:  # run by path: import from the repository root as `python -
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 PANEL_W, PANEL_H, MARGIN = 420, 300, 50
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+# a colour per series, up to 16
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+           "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#e7ba52")  # fmt: skip
 LEGEND_ROW = 18
 TREND_SPAN = 2  # a trend is drawn for a series whose images grow at least this many times: over less, it is noise
 
