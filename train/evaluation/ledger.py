@@ -74,7 +74,10 @@ def task_row(path: Path) -> dict:
 
 def add(ledger: Path, entry: dict) -> None:
     new = not ledger.exists()
-    if not new and (header := ledger.open().readline().strip().split(",")) != FIELDS:
+    if not new:
+        with ledger.open() as f:
+            header = next(csv.reader(f), [])
+    if not new and header != FIELDS:
         raise SystemExit(f"{ledger}: its columns are {header}, this ledger's are {FIELDS}: rewrite it first")
     with ledger.open("a", newline="") as f:
         writer = csv.DictWriter(f, FIELDS, restval="")
