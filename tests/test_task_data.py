@@ -141,3 +141,28 @@ def test_a_pie_cut_is_wide_enough_to_see_at_a_quarter_of_the_size():
         cell = int(change.argmax())
         headroom = float((1 - small[0].amin(0)).flatten()[cell])  # from the pie's colour to white, there
         assert change[cell] > 0.95 * headroom  # a full cut shows, not a faint shade (2 px: at most 0.58 of it)
+
+
+def test_a_figure_is_regular_so_its_first_strokes_say_where_the_next_one_ends():
+    figures = [i for i in range(60) if procedures.instance("heldout", i)[0] == "draw-figure"]
+    assert len(figures) >= 8
+    for i in figures:
+        _, steps, _, rng = procedures.instance("heldout", i)
+        figure, _, _ = procedures.figure_parts(rng, steps)
+        points = np.array([figure.vertex(v) for v in range(steps + 1)]) - figure.centre  # (n + 1, 2)
+        assert np.allclose(np.hypot(*points.T), figure.radius)  # every vertex on one circle
+        turns = np.diff(np.unwrap(np.arctan2(points[:, 1], points[:, 0])))  # (n,)
+        assert np.allclose(turns, turns[0])  # equal angles apart: vertices 0-2 (two strokes) give the rest
+
+
+def test_the_figure_s_old_jitter_keeps_an_instance_s_other_choices():
+    """A figure's jitter and pull-in draw as many numbers whatever their size, so bench/figure_strokes.py compares
+    the family as it was and as it is on the same figures (centre, radius, colour, width)."""
+
+    def parts(*variant):
+        _, steps, _, rng = procedures.instance("heldout", 1)  # held-out instance 1 is a figure
+        return procedures.figure_parts(rng, steps, *variant)
+
+    regular, old = parts(), parts(0.2, 0.4)
+    assert (regular[0].centre, regular[0].radius, regular[1:]) == (old[0].centre, old[0].radius, old[1:])
+    assert np.allclose(regular[0].nominal, old[0].nominal) and not np.allclose(old[0].jitter, 0)

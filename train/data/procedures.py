@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ SIZE = 128
 SS = 2  # supersampling
 Drawing = Callable[[ImageDraw.ImageDraw, int], None]  # draws the state after k actions
 CUT = 8  # a pie's cut in px: at 2, the true next step through the autoencoder passed 0.06 (bench/pie_cuts.py)
+# A figure's vertex jitter (rad) and pull-in spread: 0.2 and 0.4 until 2026-12-07, when a perfect model sampling the
+# unseen vertex passed 0.53 of the next steps (bench/figure_strokes.py); regular now, so the first strokes say the next
+FIGURE_JITTER, FIGURE_SPREAD = 0.0, 0.0
 
 
 def _colour(rng: np.random.Generator, lo: int = 40, hi: int = 220) -> tuple[int, int, int]:
@@ -45,19 +49,55 @@ def stack_blocks(rng, steps):
     return draw
 
 
-def draw_figure(rng, steps):
-    n = steps
+@dataclass(frozen=True)
+class Figure:
+    """A figure's n + 1 vertices: nominal angles 2π/(n + 1) apart around a centre, each turned by its own jitter
+    and its x and y pulled in by their own factors (`scale`); a stroke joins each vertex to the next."""
+
+    centre: tuple[float, float]
+    radius: float
+    nominal: np.ndarray  # (n + 1,) angles before the jitter
+    jitter: np.ndarray  # (n + 1,)
+    scale: np.ndarray  # (n + 1, 2) factors on x and y
+
+    def vertex(self, i: int, jitter: float | None = None, scale: tuple[float, float] | None = None):
+        """Vertex i, or where it would be with another jitter and scale (a plausible guess of an unseen one)."""
+        a = self.nominal[i] + (self.jitter[i] if jitter is None else jitter)
+        sx, sy = self.scale[i] if scale is None else scale
+        return self.centre[0] + self.radius * math.cos(a) * sx, self.centre[1] + self.radius * math.sin(a) * sy
+
+
+def figure_plan(
+    rng: np.random.Generator, n: int, jitter: float = FIGURE_JITTER, spread: float = FIGURE_SPREAD
+) -> Figure:
+    """The vertices of an n-stroke figure: angle jitter in ±`jitter` rad, factors in [1 - `spread`, 1]. Other
+    values draw as many numbers, so an instance keeps its other choices (position, colour, width)."""
     cx, cy, r = rng.integers(48, 80), rng.integers(48, 80), rng.integers(26, 40)
-    angles = rng.uniform(0, 2 * math.pi) + np.arange(n + 1) * 2 * math.pi / (n + 1) + rng.uniform(-0.2, 0.2, n + 1)
-    pts = [(cx + r * math.cos(a) * rng.uniform(0.6, 1), cy + r * math.sin(a) * rng.uniform(0.6, 1)) for a in angles]
-    colour, width = _colour(rng, 0, 120), int(rng.integers(3, 6))
+    nominal = rng.uniform(0, 2 * math.pi) + np.arange(n + 1) * 2 * math.pi / (n + 1)
+    turns = rng.uniform(-jitter, jitter, n + 1)
+    scale = np.array([(rng.uniform(1 - spread, 1), rng.uniform(1 - spread, 1)) for _ in range(n + 1)])
+    return Figure((float(cx), float(cy)), float(r), nominal, turns, scale)
+
+
+def figure_strokes(vertices: list[tuple[float, float]], colour, width: int) -> Drawing:
+    """Stroke i joins vertex i to vertex i + 1 (n strokes, n + 1 vertices: the figure stays open)."""
 
     def draw(d, k):
         for i in range(k):
-            (x1, y1), (x2, y2) = pts[i], pts[(i + 1) % len(pts)] if i == n - 1 else pts[i + 1]
+            (x1, y1), (x2, y2) = vertices[i], vertices[i + 1]
             d.line([x1 * SS, y1 * SS, x2 * SS, y2 * SS], fill=colour, width=width * SS)
 
     return draw
+
+
+def figure_parts(rng, steps, jitter=FIGURE_JITTER, spread=FIGURE_SPREAD) -> tuple[Figure, tuple[int, int, int], int]:
+    """An instance's figure, stroke colour and stroke width, in the order the generator draws them."""
+    return figure_plan(rng, steps, jitter, spread), _colour(rng, 0, 120), int(rng.integers(3, 6))
+
+
+def draw_figure(rng, steps, jitter: float = FIGURE_JITTER, spread: float = FIGURE_SPREAD):
+    figure, colour, width = figure_parts(rng, steps, jitter, spread)
+    return figure_strokes([figure.vertex(i) for i in range(steps + 1)], colour, width)
 
 
 def fill_grid(rng, steps):
