@@ -27,6 +27,31 @@ def test_nvs_has_at_least_ten_families_and_held_out_objects():
     assert not train & held
 
 
+def test_every_held_out_sphere_fills_part_of_every_view():
+    """Until 2026-12-07 a sphere's axes were drawn in [0, 1): some were slivers that showed in two views of eight."""
+    spheres = [i for i in range(80) if nvs.object_spec("heldout", i)["family"] == "sphere"][:4]
+    assert spheres
+    for i in spheres:
+        spec = nvs.object_spec("heldout", i)
+        for view in nvs.render_object(spec, size=48):
+            pixels = np.asarray(view, dtype=np.float64) / 255  # (48, 48, 3)
+            object_pixels = np.abs(pixels - spec["background"]).sum(-1) > 0.1
+            assert object_pixels.mean() > 0.04  # an axis of 0.3 at least: a disc of 0.3 / 1.1 of the half-side
+
+
+def test_an_object_s_two_tones_part_and_its_split_turns_with_it():
+    import colorsys
+
+    for i in range(40):
+        spec = nvs.object_spec("train", i)
+        hues = [colorsys.rgb_to_hsv(*c)[0] for c in spec["colours"]]
+        gap = abs(hues[0] - hues[1]) % 1
+        assert 0.22 < min(gap, 1 - gap)  # a quarter of the hue circle at least, less the colours' 8-bit rounding
+        upright = nvs.object_spec("train", i, tilt=1.0)["plane"]  # the same draw, not tilted
+        x, y, z = spec["plane"][:3]
+        assert np.isclose(y / np.hypot(x, z), nvs.PLANE_TILT * upright[1] / np.hypot(upright[0], upright[2]))
+
+
 def test_procedures_have_six_families_4_to_8_ordered_steps():
     assert len(procedures.FAMILIES) >= 6
     seen = set()

@@ -28,6 +28,9 @@ if not __package__:  # run by path: import from the repository root as `python -
 SIZE = 128
 AZIMUTHS = 8
 ELEVATION = math.radians(25)
+# The two-tone split plane's normal has its vertical (y) part scaled by this: a near-horizontal split (a band around
+# the turning axis) hid the turn of every round object (1.0, an isotropic normal, until 2026-12-07; bench/nvs_turns.py)
+PLANE_TILT = 0.25
 
 
 # --- signed distance functions of a point batch p (N, 3); r: random proportions ------------------
@@ -60,12 +63,19 @@ def _cone(p: Tensor, r: float, h: float) -> Tensor:
     return torch.maximum(side, (p[:, 1] + h / 2).neg()).maximum(p[:, 1] - h / 2)
 
 
+def _ellipsoid(p: Tensor, axes: Tensor) -> Tensor:
+    """Semi-axes (3,); a distance bound that stays one for flat shapes (until 2026-12-07 a "sphere" took its axes in
+    [0, 1) under a scaled distance: some were slivers the tracer missed, and their turn could not be seen)."""
+    k0, k1 = (p / axes).norm(dim=-1), (p / axes**2).norm(dim=-1)
+    return k0 * (k0 - 1) / k1.clamp(min=1e-8)
+
+
 def _shift(p: Tensor, *xyz: float) -> Tensor:
     return p - p.new_tensor(xyz)
 
 
 FAMILIES = {
-    "sphere": lambda p, r: (p / p.new_tensor([r[0], r[1], r[2]]) * 0.6).norm(dim=-1) - 0.6,
+    "sphere": lambda p, r: _ellipsoid(p, p.new_tensor([0.3 + 0.3 * r[0], 0.3 + 0.3 * r[1], 0.3 + 0.3 * r[2]])),
     "box": lambda p, r: _box(p, p.new_tensor([0.3 + 0.3 * r[0], 0.3 + 0.3 * r[1], 0.2 + 0.3 * r[2]])),
     "cylinder": lambda p, r: _cylinder(p, 0.25 + 0.25 * r[0], 0.35 + 0.3 * r[1]),
     "cone": lambda p, r: _cone(p, 0.35 + 0.25 * r[0], 0.8 + 0.4 * r[1]),
@@ -148,14 +158,16 @@ def render_view(sdf, azimuth: float, colours: Tensor, plane: Tensor, glossy: boo
     return (img.reshape(size, size, 3) * 255).round().to(torch.uint8).numpy()
 
 
-def object_spec(split: str, index: int, seed: int = 0) -> dict:
-    """Family, proportions, colours, material and background of object `index` of a split."""
+def object_spec(split: str, index: int, seed: int = 0, tilt: float = PLANE_TILT) -> dict:
+    """Family, proportions, colours, material and background of object `index` of a split; `tilt` scales the split
+    plane's normal's vertical part (another value keeps the object's other choices)."""
     global_index = index * 10 if split == "heldout" else index + index // 9 + 1  # multiples of 10 are held out
     rng = np.random.default_rng([seed, global_index])
     family = list(FAMILIES)[int(rng.integers(len(FAMILIES)))]
     hue = rng.random(2)
+    hue[1] = (hue[0] + 0.25 + 0.5 * hue[1]) % 1  # the two tones a quarter to half the hue circle apart, so they part
     colours = [_hsv(h, 0.5 + 0.5 * rng.random(), 0.5 + 0.5 * rng.random()) for h in hue]
-    normal = rng.normal(size=3)
+    normal = rng.normal(size=3) * np.array([1.0, tilt, 1.0])  # (x, y, z): y is the axis the object turns about
     return {
         "family": family,
         "proportions": rng.random(3).tolist(),
