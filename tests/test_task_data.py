@@ -46,7 +46,7 @@ def test_an_object_s_two_tones_part_and_its_split_turns_with_it():
         spec = nvs.object_spec("train", i)
         hues = [colorsys.rgb_to_hsv(*c)[0] for c in spec["colours"]]
         gap = abs(hues[0] - hues[1]) % 1
-        assert 0.22 < min(gap, 1 - gap)  # a quarter of the hue circle at least, less the colours' 8-bit rounding
+        assert min(gap, 1 - gap) > 0.22  # a quarter of the hue circle at least, less the colours' 8-bit rounding
         upright = nvs.object_spec("train", i, tilt=1.0)["plane"]  # the same draw, not tilted
         x, y, z = spec["plane"][:3]
         assert np.isclose(y / np.hypot(x, z), nvs.PLANE_TILT * upright[1] / np.hypot(upright[0], upright[2]))
