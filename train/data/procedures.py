@@ -28,7 +28,7 @@ SS = 2  # supersampling
 Drawing = Callable[[ImageDraw.ImageDraw, int], None]  # draws the state after k actions
 CUT = 8  # a pie's cut in px: at 2, the true next step through the autoencoder passed 0.06 (bench/pie_cuts.py)
 # A figure's vertex jitter (rad) and pull-in spread: 0.2 and 0.4 until 2026-12-07, when a perfect model sampling the
-# unseen vertex passed 0.53 of the next steps (bench/figure_strokes.py); regular now, so the first strokes say the next
+# unseen vertex passed 0.59 of the next steps (bench/figure_strokes.py); regular now, so the first strokes say the next
 FIGURE_JITTER, FIGURE_SPREAD = 0.0, 0.0
 
 
