@@ -4,8 +4,8 @@
   hardly shows, and a model must be more exact than that to be counted);
 - `truth`: the turn accuracy of the true next view through a model's autoencoder (what a perfect model could give);
 
-for the two-tone split plane with an isotropic normal (often a band around the turning axis; so until 2026-12-07) and
-as it is now (its normal's vertical part scaled by nvs.PLANE_TILT).
+for the objects with their two-tone split plane's normal isotropic (often a band around the turning axis, as until
+2026-12-07; the spheres and the tones are today's) and as they are now (its vertical part scaled by nvs.PLANE_TILT).
 
 python bench/nvs_turns.py --checkpoint checkpoints/m2m-self-tiny-nvs --objects 90
 """
@@ -33,8 +33,9 @@ K = 4  # views given
 def object_scores(pipe: M2MPipeline, index: int, tilt: float) -> tuple[str, float, float]:
     """Held-out object `index`: its family, copy-last's SSIM at 32 px and the truth's turn accuracy."""
     spec = nvs.object_spec("heldout", index, tilt=tilt)
-    views = to_unit(nvs.render_object(spec))  # (8, 3, H, W)
-    last, truth = views[K - 1 : K], to_unit(round_trip(pipe, [nvs.render_object(spec)[K]]))  # (1, 3, H, W) each
+    images = nvs.render_object(spec)
+    views = to_unit(images)  # (8, 3, H, W)
+    last, truth = views[K - 1 : K], to_unit(round_trip(pipe, [images[K]]))  # (1, 3, H, W) each
     return spec["family"], scores(last, views, K)["ssim_32"], scores(truth, views, K)["turn_accuracy"]
 
 

@@ -49,7 +49,7 @@ def stack_blocks(rng, steps):
     return draw
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: no field-wise == or hash
 class Figure:
     """A figure's n + 1 vertices: nominal angles 2π/(n + 1) apart around a centre, each turned by its own jitter
     and its x and y pulled in by their own factors (`scale`); a stroke joins each vertex to the next."""
