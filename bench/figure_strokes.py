@@ -74,8 +74,7 @@ def main() -> None:
     p.add_argument("--draws", type=int, default=4, help="samples of the unseen vertex per step")
     args = p.parse_args()
     pipe = load_pipeline(args.checkpoint)
-    kinds = ((i, procedures.instance("heldout", i)[0]) for i in range(len(procedures.FAMILIES) * args.figures))
-    figures = [i for i, kind in kinds if kind == "draw-figure"][: args.figures]
+    figures = procedures.held_out("draw-figure", args.figures)
     print("| figure | truth | guess | sample | steps |\n|---|---|---|---|---|")
     for name, (jitter, spread) in VARIANTS.items():
         c = ceilings(pipe, figures, jitter, spread, args.draws)

@@ -40,8 +40,7 @@ def main() -> None:
     p.add_argument("--pies", type=int, default=24, help="held-out slice-pie instances")
     args = p.parse_args()
     pipe = load_pipeline(args.checkpoint)
-    kinds = ((i, procedures.instance("heldout", i)[0]) for i in range(len(procedures.FAMILIES) * args.pies))
-    pies = [i for i, kind in kinds if kind == "slice-pie"][: args.pies]
+    pies = procedures.held_out("slice-pie", args.pies)
     print("| cut (px) | truth's step accuracy | steps |\n|---|---|---|")
     for width in args.widths:
         accuracy, n = ceiling(pipe, width, pies, (2, 3, 4))

@@ -161,7 +161,7 @@ def test_fill_grid_fills_in_reading_order_so_the_first_cells_say_the_next():
 def test_a_pie_cut_is_wide_enough_to_see_at_a_quarter_of_the_size():
     from train.evaluation.tasks import coarse, to_unit
 
-    pies = [i for i in range(60) if procedures.instance("heldout", i)[0] == "slice-pie"]
+    pies = procedures.held_out("slice-pie", 10)
     assert len(pies) >= 8
     for i in pies:
         small = coarse(to_unit(procedures.render("heldout", i)[1][:2]))  # (2, 3, 32, 32): as the step metric sees it
@@ -172,7 +172,7 @@ def test_a_pie_cut_is_wide_enough_to_see_at_a_quarter_of_the_size():
 
 
 def test_a_figure_is_regular_so_its_first_strokes_say_where_the_next_one_ends():
-    figures = [i for i in range(60) if procedures.instance("heldout", i)[0] == "draw-figure"]
+    figures = procedures.held_out("draw-figure", 10)
     assert len(figures) >= 8
     for i in figures:
         _, steps, _, rng = procedures.instance("heldout", i)

@@ -180,6 +180,11 @@ def instance(split: str, index: int, seed: int = 0) -> tuple[str, int, tuple[int
     return family, steps, tuple(int(c) for c in rng.integers(225, 256, 3)), rng
 
 
+def held_out(family: str, count: int) -> list[int]:
+    """The first `count` held-out instances of a family (held-out families take turns by index)."""
+    return [i for i in range(len(FAMILIES) * count) if instance("heldout", i)[0] == family][:count]
+
+
 def render(split: str, index: int, seed: int = 0) -> tuple[str, list[Image.Image]]:
     """Instance `index` of a split: its family and its images, step 1 .. n (the state after each action)."""
     family, steps, background, rng = instance(split, index, seed)
