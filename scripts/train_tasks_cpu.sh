@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Task models that do their task (issue 27; docs/tasks.md): novel views and procedures, trained on one core beside
 # the shapes run, resumable, each scored by train/evaluation/tasks.py beside copying the last image.
-#   bash scripts/train_tasks_cpu.sh data                        # the novel-view training renders, once (data/nvs)
+#   bash scripts/train_tasks_cpu.sh data                        # the novel-view training renders, once ($NVS_DATA)
 #   bash scripts/train_tasks_cpu.sh run APPROACH VARIANT TASK   # $MINUTES of training (over all resumes), then scored
 #   bash scripts/train_tasks_cpu.sh eval APPROACH VARIANT TASK  # score it again
 #   bash scripts/train_tasks_cpu.sh install APPROACH VARIANT TASK   # into checkpoints/m2m-VARIANT-tiny-TASK, by hand
@@ -26,7 +26,8 @@ source scripts/design.sh
 PY=${PY:-.venv/bin/python}
 R=${R:-runs/tasks}
 MINUTES=${MINUTES:-45}
-NVS_OBJECTS=${NVS_OBJECTS:-600}
+NVS_OBJECTS=${NVS_OBJECTS:-600}  # how many objects `data` renders ...
+NVS_DATA=${NVS_DATA:-data/nvs}  # ... into this folder, the novel-view models' training renders
 CHANGE_SCALE=${CHANGE_SCALE:-4.4}  # scratch-scaled: see the header
 CHANGE_FLOOR=${CHANGE_FLOOR:-0.5}  # scratch-scaled: see the header (docs/tasks.md chose it for both tasks)
 SEQUENCES=${SEQUENCES:-30}  # held-out sequences each score takes
@@ -37,7 +38,7 @@ VAE=${VAE:-checkpoints/vae-tiny-open}  # scratch approaches: the autoencoder; `c
 # of docs/tasks.md: VAE=channels CHANGE_SCALE=2.7 R=runs/tasks-channels bash scripts/train_tasks_cpu.sh run \
 #     scratch-scaled self procedure   (MINUTES=N: resumes to N minutes in all)
 
-data_for() { [ "$1" = nvs ] && echo data/nvs || echo procedure:train; }
+data_for() { [ "$1" = nvs ] && echo "$NVS_DATA" || echo procedure:train; }
 
 approach_flags() {  # APPROACH VARIANT
     local design=""
@@ -83,7 +84,7 @@ train_flags() {  # APPROACH VARIANT TASK: every flag of the training command (us
 
 train() {  # APPROACH VARIANT TASK
     mkdir -p "$R"
-    [ "$3" = procedure ] || [ -d data/nvs ] || data
+    [ "$3" = procedure ] || [ -d "$NVS_DATA" ] || data
     if [ "$VAE" = channels ]; then
         use_vae "$3"
         [ -f "$VAE/config.json" ] || OMP_NUM_THREADS=1 $PY -m train.training.latent_stats --vae checkpoints/vae-tiny-open \
@@ -100,7 +101,7 @@ score() {  # APPROACH VARIANT TASK
     tail -n 12 "$out/eval-tasks.log"
 }
 
-data() { OMP_NUM_THREADS=1 $PY -m train.data.nvs --out data/nvs --split train --objects "$NVS_OBJECTS"; }
+data() { OMP_NUM_THREADS=1 $PY -m train.data.nvs --out "$NVS_DATA" --split train --objects "$NVS_OBJECTS"; }
 
 case "${1:-}" in
     data) data ;;

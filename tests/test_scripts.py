@@ -78,12 +78,13 @@ APPROACHES = ("adapter", "scratch", "scratch-last", "scratch-change", "scratch-s
 def test_every_task_approach_is_a_recipe_the_trainer_takes(variant, task):
     """scripts/train_tasks_cpu.sh: each approach's flags parse and pass the trainer's checks; only the scaled change
     (and it with the last step) draws on the last pixels, over the floor the script names; STEPS and COOLDOWN end a
-    run on a cool-down."""
+    run on a cool-down; novel views train on the renders NVS_DATA names."""
     from train.training.m2m import check_recipe, parse_args
 
+    env = {"CHANGE_FLOOR": "0.25", "STEPS": "900", "COOLDOWN": "200", "NVS_DATA": "data/nvs-3000"}
     for approach in APPROACHES:
         out = subprocess.run(["bash", "scripts/train_tasks_cpu.sh", "flags", approach, variant, task], cwd=ROOT,
-                             env={**os.environ, "CHANGE_FLOOR": "0.25", "STEPS": "900", "COOLDOWN": "200"},
+                             env={**os.environ, **env},
                              capture_output=True, text=True)  # fmt: skip
         assert out.returncode == 0, out.stderr
         cfg = parse_args(out.stdout.split())
@@ -93,6 +94,7 @@ def test_every_task_approach_is_a_recipe_the_trainer_takes(variant, task):
                                                                   or on_pixels)  # fmt: skip
         assert cfg.last_step_input == (approach == "scratch-step")
         assert (cfg.steps, cfg.cooldown_steps) == (900, 200)
+        assert cfg.data == ("data/nvs-3000" if task == "nvs" else "procedure:train")
         assert (cfg.last_image_pixels, cfg.last_image_change_floor) == ((True, 0.25) if on_pixels else (False, 0.0))
 
 
