@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The task-model runs in flight (issue 27; docs/tasks.md), one queue per core. Each run goes on from its run
-# folder's last checkpoint, so the same command resumes a queue after a restart; a finished run is scored again.
+# folder's last checkpoint, so the same command resumes a queue after a restart; a run that reached its steps
+# and was scored since is skipped.
 #   nohup bash scripts/tasks_queue.sh nvs > runs/queue-nvs.out 2>&1 &          # core A
 #   nohup bash scripts/tasks_queue.sh procedure > runs/queue-procedure.out 2>&1 &    # core B
 # Then, for a run that beats the installed model: R=<its folder> bash scripts/train_tasks_cpu.sh install ...
@@ -19,17 +20,34 @@ from() {  # FOLDER SOURCE RUN...: a new run folder starts as a copy of SOURCE's 
     done
 }
 
-nvs() {  # M2M-DINO's novel-view model 1,900 -> 3,800 steps on 3,000 training objects (it had 600)
-    [ -d data/nvs-3000 ] || NVS_OBJECTS=3000 NVS_DATA=data/nvs-3000 bash scripts/train_tasks_cpu.sh data
-    from runs/tasks-nvs3000 runs/tasks-nvslong vae-channels-nvs scratch-step-dino-nvs
-    NVS_DATA=data/nvs-3000 STEPS=3800 COOLDOWN=600 MINUTES=900 SEQUENCES=90 VAE=channels CHANGE_SCALE=1.3 \
-        R=runs/tasks-nvs3000 bash scripts/train_tasks_cpu.sh run scratch-step dino nvs
+finished() {  # RUN STEPS: the run reached STEPS and was scored since (a queue skips it)
+    local last
+    last=$(tail -n 1 "$1/log.csv" 2>/dev/null | cut -d, -f1)
+    [[ $last =~ ^[0-9]+$ ]] && [ "$last" -ge "$2" ] && [ "$1/eval-tasks.json" -nt "$1/log.csv" ]
 }
 
-procedure() {  # M2M-Self's procedure model 6,800 -> 13,600 steps (MINUTES: a budget over all resumes)
-    from runs/tasks-x4 runs/tasks-x2 vae-channels-procedure scratch-step-self-procedure
-    STEPS=13600 COOLDOWN=1200 MINUTES=1200 SEQUENCES=90 VAE=channels CHANGE_SCALE=2.7 \
-        R=runs/tasks-x4 bash scripts/train_tasks_cpu.sh run scratch-step self procedure
+run() {  # FOLDER STEPS COOLDOWN VARIANT TASK: a scratch-step run to STEPS, the last COOLDOWN cooled (MINUTES: a budget
+    local scale=2.7  # over all its resumes); the change scale of each task (docs/tasks.md)
+    [ "$5" = procedure ] || scale=1.3
+    finished "$1/scratch-step-$4-$5" "$2" && return
+    STEPS=$2 COOLDOWN=$3 MINUTES=${MINUTES:-1200} SEQUENCES=90 VAE=channels CHANGE_SCALE=$scale R=$1 \
+        bash scripts/train_tasks_cpu.sh run scratch-step "$4" "$5"
+}
+
+nvs() {  # novel views on 3,000 training objects (the first models had 600): M2M-DINO 1,900 -> 3,800 steps, then
+    [ -d data/nvs-3000 ] || NVS_OBJECTS=3000 NVS_DATA=data/nvs-3000 bash scripts/train_tasks_cpu.sh data
+    export NVS_DATA=data/nvs-3000  # M2M-Self 4,400 -> 8,800
+    from runs/tasks-nvs3000 runs/tasks-nvslong vae-channels-nvs scratch-step-dino-nvs
+    run runs/tasks-nvs3000 3800 600 dino nvs
+    from runs/tasks-nvs3000 runs/tasks-nvsx2 scratch-step-self-nvs
+    run runs/tasks-nvs3000 8800 1000 self nvs
+}
+
+procedure() {  # another doubling of each procedure model: M2M-Self 6,800 -> 13,600 steps, then M2M-DINO
+    from runs/tasks-x4 runs/tasks-x2 vae-channels-procedure scratch-step-self-procedure  # 3,400 -> 6,800 -> 13,600
+    run runs/tasks-x4 13600 1200 self procedure
+    from runs/tasks-x4 runs/tasks-x2 scratch-step-dino-procedure
+    run runs/tasks-x4 13600 1200 dino procedure
 }
 
 case ${1:-} in
