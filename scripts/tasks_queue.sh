@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The task-model runs in flight (issue 27; docs/tasks.md), one queue per core. Each run goes on from its run
-# folder's last checkpoint, so the same command resumes a queue after a restart; a run that reached its steps
-# and was scored since is skipped.
+# The task-model runs of issue 27 (docs/tasks.md), one queue per core, each run a doubling of an installed model. Each
+# run goes on from its run folder's last checkpoint, so the same command resumes a queue after a restart; a run that
+# reached its steps and was scored since is skipped. A run stopped by its MINUTES budget (over all its resumes)
+# short of its steps is scored again at each restart: raise MINUTES to go on. Two queues never train one folder at once
+# (a lock per run).
 #   nohup bash scripts/tasks_queue.sh nvs > runs/queue-nvs.out 2>&1 &          # core A
 #   nohup bash scripts/tasks_queue.sh procedure > runs/queue-procedure.out 2>&1 &    # core B
 # Then, for a run that beats the installed model: R=<its folder> bash scripts/train_tasks_cpu.sh install ...
@@ -16,7 +18,7 @@ from() {  # FOLDER SOURCE RUN...: a new run folder starts as a copy of SOURCE's 
         [ -d "$to/$run" ] && continue
         [ -d "$src/$run" ] || { echo "$to/$run starts from $src/$run, which this machine lacks (runs/ is not kept)" >&2
                                 exit 1; }
-        cp -r "$src/$run" "$to/"
+        cp -r "$src/$run" "$to/.$run.copy" && mv "$to/.$run.copy" "$to/$run"  # whole, or not at all
     done
 }
 
@@ -26,12 +28,13 @@ finished() {  # RUN STEPS: the run reached STEPS and was scored since (a queue s
     [[ $last =~ ^[0-9]+$ ]] && [ "$last" -ge "$2" ] && [ "$1/eval-tasks.json" -nt "$1/log.csv" ]
 }
 
-run() {  # FOLDER STEPS COOLDOWN VARIANT TASK: a scratch-step run to STEPS, the last COOLDOWN cooled (MINUTES: a budget
-    local scale=2.7  # over all its resumes); the change scale of each task (docs/tasks.md)
+run() {  # FOLDER STEPS COOLDOWN VARIANT TASK: a scratch-step run to STEPS, the last COOLDOWN cooled
+    local scale=2.7  # the change scale of each task (docs/tasks.md)
     [ "$5" = procedure ] || scale=1.3
     finished "$1/scratch-step-$4-$5" "$2" && return
     STEPS=$2 COOLDOWN=$3 MINUTES=${MINUTES:-1200} SEQUENCES=90 VAE=channels CHANGE_SCALE=$scale R=$1 \
-        bash scripts/train_tasks_cpu.sh run scratch-step "$4" "$5"
+        flock -n "$1/scratch-step-$4-$5.lock" bash scripts/train_tasks_cpu.sh run scratch-step "$4" "$5" \
+        || { echo "$1/scratch-step-$4-$5: another queue is training it, or it failed" >&2; exit 1; }
 }
 
 nvs() {  # novel views on 3,000 training objects (the first models had 600): M2M-DINO 1,900 -> 3,800 steps, then

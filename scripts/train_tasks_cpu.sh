@@ -101,7 +101,11 @@ score() {  # APPROACH VARIANT TASK
     tail -n 12 "$out/eval-tasks.log"
 }
 
-data() { OMP_NUM_THREADS=1 $PY -m train.data.nvs --out "$NVS_DATA" --split train --objects "$NVS_OBJECTS"; }
+data() {  # into $NVS_DATA whole, or not at all (a folder there is taken as rendered)
+    rm -rf "$NVS_DATA.partial"
+    OMP_NUM_THREADS=1 $PY -m train.data.nvs --out "$NVS_DATA.partial" --split train --objects "$NVS_OBJECTS"
+    mv "$NVS_DATA.partial" "$NVS_DATA"
+}
 
 case "${1:-}" in
     data) data ;;
