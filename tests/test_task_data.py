@@ -88,6 +88,7 @@ def test_task_metrics_copy_of_the_truth_scores_perfectly_and_copying_the_last_im
     assert halfway["step_accuracy"] == 1.0
     assert perfect["change_cosine"] == pytest.approx(1) and halfway["change_cosine"] == pytest.approx(1)
     assert wrong["change_cosine"] == 0  # no change at all
+    assert wrong["stayed"] == 1.0 and perfect["stayed"] == halfway["stayed"] == 0.0
     backwards = scores(2 * steps[2:3] - steps[3:4], steps, 3)  # the true change, undone
     assert backwards["change_cosine"] == pytest.approx(-1)
     both = summary([perfect, wrong])  # an exact copy among the rows keeps the PSNR finite

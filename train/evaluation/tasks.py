@@ -13,6 +13,8 @@ each model generates image k+1, which is compared with the true image k+1:
   nearest to (SSIM at 32 px) is the true next view;
 - procedures, **step accuracy**: the generated image is nearer (SSIM at 32 px) to the true next step than the
   last given step is. Copying the last image scores 0 here by construction.
+- both, **stayed**: the share of images whose nearest of the sequence's (SSIM at 32 px) is the last given one:
+  where a model fails, whether it did nothing (copy-last: 1) or something else (another view, a wrong step);
 - both, **change cosine**: at 32 px, the cosine between the change the model made (its image minus the last given
   one) and the true change (the next image minus the last): 1 for the right change, 0 for none (copy-last) or one
   that has nothing to do with it. It moves before the accuracies do: a step can be in the right place, of the wrong
@@ -81,6 +83,7 @@ def scores(pred: torch.Tensor, steps: torch.Tensor, index: int) -> dict[str, flo
         "ssim": ssim(pred, truth),
         "ssim_32": float(sims[index]),
         "turn_accuracy": float(int(sims.argmax()) == index),  # the nearest of all views is the true next one
+        "stayed": float(int(sims.argmax()) == index - 1),  # ... is the last given one: no turn, no step
         "step_accuracy": float(sims[index] > ssim(small_steps[index - 1 : index], small_steps[index : index + 1])),
         "change_cosine": change_cosine(small, small_steps[index - 1 : index], small_steps[index : index + 1]),
     }  # step accuracy: nearer the next step than the last step is
@@ -169,7 +172,8 @@ def family_table(families: dict, task: str, group: str = "fine-tuned") -> str:
 
 def family_cell(m: dict, accuracy: str) -> str:
     cosine = f", cos {m['change_cosine']:.2f}" if "change_cosine" in m else ""
-    return f"{m[accuracy]:.2f}{cosine} (n {m['n']})"
+    stayed = f", stayed {m['stayed']:.2f}" if "stayed" in m else ""
+    return f"{m[accuracy]:.2f}{cosine}{stayed} (n {m['n']})"
 
 
 def run(task: str, checkpoint: str | Path, base: str | None, args: argparse.Namespace) -> dict:
