@@ -124,6 +124,7 @@ class ImageSetAttention(ModelMixin, ConfigMixin):
         older_context_tokens: int = 16,
         last_image_change: bool = False,  # m2m/conditioning.py: a UNet that reads the last image denoises the change
         last_image_change_scale: float = 1.0,  # ... times this
+        last_image_change_relative: bool = False,  # ... or, from a set's third image on, 1 / the last step's rms
         last_image_pixels: bool = False,  # ... added to the last image's own pixels, decoded
         last_image_change_floor: float = 0.0,  # ... only where its largest channel is at least this (0: everywhere)
     ):

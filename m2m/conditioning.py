@@ -17,9 +17,15 @@ image: the cost stays flat as the set grows. Two ways to use it (`ImageSetAttent
   last one, is denoised as an image.
 
 A UNet with three times the channels reads, besides, **the last step**: the last image's latent minus the one's
-before it, times `last_image_change_scale` (zeros before a set's third image). It says where the set last changed,
+before it, times the change scale (zeros before a set's third image). It says where the set last changed,
 pixel for pixel (the stroke just drawn, the cell just filled, which way the object just turned), which ISA's
 pooled context tokens blur; guidance's unconditional branch does not see it, as it does not see ISA's context.
+
+One scale for every set fits the average change, not each set's: an object whose turn moves only a colour boundary
+changes a third as much as a table does, and sits at a third of the signal against the same noise. With
+`last_image_change_relative`, from a set's third image on, the change (and the last step read) is scaled by
+1 / the rms of the last step instead, at most `RELATIVE_MAX`: the model denoises the next change in units of the
+last one, which a set of equal turns or like steps keeps near 1.
 """
 
 from __future__ import annotations
@@ -61,14 +67,14 @@ def previous_latents(x0: Tensor, sees_context: Tensor) -> Tensor:
     return (before * sees_context[..., None, None, None].to(x0.dtype)).flatten(0, 1)
 
 
-def last_steps(x0: Tensor, sees_context: Tensor, scale: float) -> Tensor:
+def last_steps(x0: Tensor, sees_context: Tensor, scales: Tensor) -> Tensor:
     """Training: sets of clean latents flattened (B*K, c, h, w) -> each image's last step, its predecessor minus the
-    one before that, times `scale`; zeros for a set's first two images and where `sees_context` (B, K) is False:
-    (B*K, c, h, w)."""
+    one before that, times its change scale (`change_scales`, (B*K, 1, 1, 1)); zeros for a set's first two images
+    and where `sees_context` (B, K) is False: (B*K, c, h, w)."""
     sets = x0.unflatten(0, sees_context.shape)  # (B, K, c, h, w)
     steps = torch.zeros_like(sets)
-    steps[:, 2:] = (sets[:, 1:-1] - sets[:, :-2]) * scale  # image i: image i-1 - image i-2
-    return (steps * sees_context[..., None, None, None].to(x0.dtype)).flatten(0, 1)
+    steps[:, 2:] = sets[:, 1:-1] - sets[:, :-2]  # image i: image i-1 - image i-2
+    return steps.flatten(0, 1) * scales * sees_context.flatten()[:, None, None, None].to(x0.dtype)
 
 
 def check_change_floor(floor: float) -> float:
@@ -78,12 +84,24 @@ def check_change_floor(floor: float) -> float:
     return floor
 
 
-def change_scales(scale: float, sets: int, k: int, like: Tensor) -> Tensor:
-    """Training: what each image of sets flattened (B*K,) multiplies its change by: `scale`, and 1 for each set's
+RELATIVE_MAX = 4.0  # a relative change scale is at most this: a last step of almost nothing says little of the next
+
+
+def change_scales(x0: Tensor, k: int, scale: float, relative: bool = False) -> Tensor:
+    """Training: sets of clean latents flattened (B*K, c, h, w) -> what each image multiplies its change by:
+    `scale`, or with `relative` from a set's third image on `relative_scale` of its last step, and 1 for each set's
     first image (no last one: its change is the image itself): (B*K, 1, 1, 1)."""
-    scales = like.new_full((sets, k), scale)
+    sets = x0.unflatten(0, (-1, k))  # (B, K, c, h, w)
+    scales = x0.new_full(sets.shape[:2], scale)  # (B, K)
+    if relative and k > 2:
+        scales[:, 2:] = relative_scale(sets[:, 1:-1] - sets[:, :-2])  # image i: its last step, image i-1 - i-2
     scales[:, 0] = 1.0
     return scales.flatten()[:, None, None, None]
+
+
+def relative_scale(step: Tensor) -> Tensor:
+    """Last steps (..., c, h, w) -> 1 / the rms of each, at most RELATIVE_MAX: (...)."""
+    return step.pow(2).mean((-3, -2, -1)).sqrt().clamp(min=1 / RELATIVE_MAX).reciprocal()
 
 
 def after_rows(last: Tensor, rows: int) -> Tensor:

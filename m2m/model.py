@@ -68,7 +68,7 @@ class M2MModel(nn.Module):
         last = self.last_images(x0, sees_context)
         denoised = x0  # the image, or its change from the last, scaled (m2m/conditioning.py)
         if last is not None and self.isa.config.last_image_change:
-            denoised = (x0 - last) * change_scales(self.isa.config.last_image_change_scale, b, k, x0)
+            denoised = (x0 - last) * self.change_scales(x0, k)
         xt = self.scheduler.add_noise(denoised, noise, timesteps)
         pred = self.predict(x0, xt, timesteps, sees_context, pixels, last)  # (B*K, 4, h, w)
         return (pred.float() - self.target(denoised, noise, timesteps).float()).pow(2).mean((1, 2, 3)).view(b, k)
@@ -95,7 +95,12 @@ class M2MModel(nn.Module):
         """Each image's last step (B*K, 4, h, w), for a UNet that reads it; a dropped context hides it."""
         if not reads_last_step(self.unet):
             return None
-        return last_steps(x0, sees_context, self.isa.config.last_image_change_scale)
+        return last_steps(x0, sees_context, self.change_scales(x0, sees_context.shape[1]))
+
+    def change_scales(self, x0: Tensor, k: int) -> Tensor:
+        """What each image of sets of K flattened (B*K, 4, h, w) multiplies its change by: (B*K, 1, 1, 1)."""
+        cfg = self.isa.config
+        return change_scales(x0, k, cfg.last_image_change_scale, cfg.last_image_change_relative)
 
     def target(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """ε for ε-prediction (SD-2.1-base), v = α·ε − σ·x0 for v-prediction (the tiny preset)."""

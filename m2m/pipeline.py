@@ -15,7 +15,7 @@ from transformers import Dinov2Model
 
 from m2m.attention import CachedContext, ImageSetAttention, install
 from m2m.autoencoder import from_model_latents
-from m2m.conditioning import reads_last_image, reads_last_step, unet_input
+from m2m.conditioning import reads_last_image, reads_last_step, relative_scale, unet_input
 from m2m.encoders import ContextCache, ContextEncoder, context_encoder, vae_latents
 from m2m.images import to_model_size, to_pil, to_tensor
 from m2m.sampling import SamplingParams, context_window, image_seed, make_scheduler
@@ -105,10 +105,11 @@ class M2MPipeline(DiffusionPipeline):
         on_step=None,
         last: Tensor | None = None,
         step: Tensor | None = None,
+        change_scale: float | None = None,
     ) -> Tensor:
         """Sampling of one latent from the noise of `seed`; `context()` gives what ISA attends to at each step,
         `last` (1, 4, h, w) the last context image's latent and `step` (1, 4, h, w) the last step, for a UNet that
-        reads them (m2m/conditioning.py)."""
+        reads them (m2m/conditioning.py); a change model's change is scaled by `change_scale` (None: the config's)."""
         sched = make_scheduler(self.scheduler, params.scheduler)
         sched.set_timesteps(params.steps, device=self.device)
         size = self.unet.config.sample_size
@@ -130,7 +131,8 @@ class M2MPipeline(DiffusionPipeline):
                 on_step()
         if last is None or not self.isa.config.last_image_change:
             return latent
-        return latent / self.isa.config.last_image_change_scale + last  # the change, scaled back, on the last
+        scale = self.isa.config.last_image_change_scale if change_scale is None else change_scale
+        return latent / scale + last  # the change, scaled back, on the last
 
     def _last_rows(self, last: Tensor | None, guided: bool) -> Tensor | None:
         """What the UNet reads as the last image, per row: [cond; uncond] under guidance, where the unconditional
@@ -190,8 +192,8 @@ class M2MPipeline(DiffusionPipeline):
         n_cond = 1 if params.guidance != 1.0 else None  # guidance batch: [cond; uncond]
         ctx = self._context_for(context_window(index, params.max_context), images, cache, n_cond)
         seed = image_seed(params.seed, index)
-        last, step = self.last_inputs(images) if index and reads_last_image(self.unet) else (None, None)
-        pixels = self.decode(self.denoise(ctx, seed, params, on_step, last, step))  # (1, 3, H, W)
+        last, step, scale = self.last_inputs(images) if index and reads_last_image(self.unet) else (None, None, None)
+        pixels = self.decode(self.denoise(ctx, seed, params, on_step, last, step, scale))  # (1, 3, H, W)
         if last is not None and self.isa.config.last_image_change and self.isa.config.last_image_pixels:
             pixels = self.on_last_pixels(pixels, images[-1], last)
         return GeneratedImage(index, seed, to_pil(pixels)[0], (pixels[0].float().cpu() + 1) / 2)
@@ -205,14 +207,27 @@ class M2MPipeline(DiffusionPipeline):
         change = torch.where(change.abs().amax(1, keepdim=True) >= self.isa.config.last_image_change_floor, change, 0)
         return (to_tensor([last_image]).to(pixels) + change).clamp(-1, 1)
 
-    def last_inputs(self, images: list[Image.Image]) -> tuple[Tensor, Tensor | None]:
+    def last_inputs(self, images: list[Image.Image]) -> tuple[Tensor, Tensor | None, float]:
         """What a UNet that reads them gets beside the noisy latent: the last prepared image's latent (1, 4, h, w)
         and, for a UNet that reads it and two images or more, the last step (1, 4, h, w): that latent minus the
-        one's before it, times the change scale (m2m/conditioning.py)."""
+        one's before it, times the change scale; and the change scale (m2m/conditioning.py)."""
         last = self.last_latent(images)
-        if not reads_last_step(self.unet) or len(images) < 2:
-            return last, None
-        return last, (last - self.last_latent(images[:-1])) * self.isa.config.last_image_change_scale
+        wanted = len(images) >= 2 and (reads_last_step(self.unet) or self.relative_change)
+        return last, *self.step_input(last, self.last_latent(images[:-1]) if wanted else None)
+
+    @property
+    def relative_change(self) -> bool:
+        """Whether a change model scales each change by its last step's (m2m/conditioning.py)."""
+        return self.isa.config.last_image_change and self.isa.config.last_image_change_relative
+
+    def step_input(self, last: Tensor, before: Tensor | None) -> tuple[Tensor | None, float]:
+        """From the latents (1, 4, h, w) of the last image and the one before it (None: there is none), the last
+        step that the UNet reads, times the change scale (None where it reads none), and that scale."""
+        if before is None:
+            return None, self.isa.config.last_image_change_scale
+        step = last - before  # (1, 4, h, w)
+        scale = float(relative_scale(step)) if self.relative_change else self.isa.config.last_image_change_scale
+        return (step * scale if reads_last_step(self.unet) else None), scale
 
     @torch.no_grad()
     def last_latent(self, images: list[Image.Image]) -> Tensor:

@@ -42,6 +42,7 @@ class Preset:
     last_image_change: bool = False  # and denoises the change from it (there: `change`), not the image
     last_step_input: bool = False  # and reads the last step too: last image minus the one before (needs the above)
     last_image_change_scale: float = 1.0  # the change times this (1 / its rms on training sets)
+    last_image_change_relative: bool = False  # ... or, from a set's third image on, 1 / the last step's rms
     last_image_pixels: bool = False  # the change drawn on the last image's own pixels (generation only)
     last_image_change_floor: float = 0.0  # ... where its largest channel is at least this (generation only)
     vae_colour_path: bool = False  # ColourAutoencoderKL: a tiny autoencoder that keeps colour (m2m/autoencoder.py)
@@ -135,6 +136,7 @@ def build_isa(preset: Preset, unet: UNet2DConditionModel, variant: str) -> Image
         older_context_tokens=preset.older_context_tokens,
         last_image_change=preset.last_image_change,
         last_image_change_scale=preset.last_image_change_scale,
+        last_image_change_relative=preset.last_image_change_relative,
         last_image_pixels=preset.last_image_pixels,
         last_image_change_floor=preset.last_image_change_floor,
     )

@@ -18,6 +18,8 @@
 #             channel is at least $CHANGE_FLOOR (--last-image-change-floor: under it, the sampler's noise)
 #   scratch-step  scratch-scaled, its UNet also reading the last step, last image minus the one before
 #             (--last-step-input: where the set last changed, pixel for pixel)
+#   scratch-relative  scratch-step, each change (and step read) in units of its last step from a set's third image
+#             on (--last-image-change-relative: a colour boundary's small turn as loud as a table's large one)
 #   tune-last     the shipped open-set base, fine-tuned in full, its UNet widened to read the last image too
 # M2M-Self takes the design of scripts/design.sh where it changes no weight's shape (reference attention).
 set -euo pipefail
@@ -52,21 +54,22 @@ approach_flags() {  # APPROACH VARIANT
         scratch-change) echo "$(approach_flags scratch "$2") --last-image-change" ;;
         scratch-scaled) echo "$(approach_flags scratch-change "$2") --last-image-change-scale $CHANGE_SCALE" ;;
         scratch-step) echo "$(approach_flags scratch-scaled "$2") --last-step-input" ;;
+        scratch-relative) echo "$(approach_flags scratch-step "$2") --last-image-change-relative" ;;
         tune-last) echo "--init checkpoints/m2m-$2-tiny --lr 2e-4 --last-image-input $design" ;;
-        *) echo "no approach $1: adapter, scratch, scratch-last, scratch-change, scratch-scaled, scratch-step or" \
-               "tune-last" >&2
+        *) echo "no approach $1: adapter, scratch, scratch-last, scratch-change, scratch-scaled, scratch-step," \
+               "scratch-relative or tune-last" >&2
            exit 2 ;;
     esac
 }
 
 scaled_flags() {  # APPROACH: the scaled change is drawn on the last image's own pixels (a procedure's step, and a
     # turn's background, change few of them)
-    case $1 in scratch-scaled | scratch-step) echo "--last-image-pixels --last-image-change-floor $CHANGE_FLOOR" ;; esac
+    case $1 in scratch-scaled | scratch-step | scratch-relative) echo "--last-image-pixels --last-image-change-floor $CHANGE_FLOOR" ;; esac
 }
 
 check() {  # APPROACH VARIANT TASK
     case $2:$3 in self:nvs | self:procedure | dino:nvs | dino:procedure) ;;
-        *) echo "usage: $0 run|eval|install|flags adapter|scratch|scratch-last|scratch-change|scratch-scaled|scratch-step|tune-last self|dino nvs|procedure" >&2; exit 2 ;; esac
+        *) echo "usage: $0 run|eval|install|flags adapter|scratch|scratch-last|scratch-change|scratch-scaled|scratch-step|scratch-relative|tune-last self|dino nvs|procedure" >&2; exit 2 ;; esac
     approach_flags "$1" "$2" > /dev/null
 }
 

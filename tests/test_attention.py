@@ -85,11 +85,10 @@ def assert_training_equals_cached_inference(pipe) -> None:
     latents, pixels, timesteps, noise = fixed_batch(pipe, 1, 4)
     pred = predictions(model, latents, pixels, timesteps, noise)
     cache = encode(pipe, latents[0], pixels[0])
-    scale = pipe.isa.config.last_image_change_scale
     with torch.no_grad():
         xt = model.scheduler.add_noise(latents.flatten(0, 1), noise, timesteps)
         for i in range(1, 4):
-            step = (latents[0, i - 1 : i] - latents[0, i - 2 : i - 1]) * scale if i > 1 else None
+            step, _ = pipe.step_input(latents[0, i - 1 : i], latents[0, i - 2 : i - 1] if i > 1 else None)
             x = unet_input(pipe.unet, xt[i : i + 1], latents[0, i - 1 : i], step)  # as it is, for the paper's UNet
             ctx = cache.context(list(range(i)))
             out = pipe.unet(x, timesteps[i : i + 1], None, cross_attention_kwargs={"isa": ctx}).sample

@@ -6,12 +6,15 @@ import pytest
 import torch
 
 from m2m.conditioning import (
+    RELATIVE_MAX,
     add_last_image_input,
     after_rows,
+    change_scales,
     last_steps,
     previous_latents,
     reads_last_image,
     reads_last_step,
+    relative_scale,
 )
 from m2m.images import to_tensor
 from m2m.presets import build_pipeline
@@ -32,18 +35,39 @@ def test_each_image_reads_its_predecessor_or_zeros():
     assert last.tolist() == [0, 0, 0, 0, 1, 0, 0, 4]  # first images and the dropped one read nothing
 
 
-@pytest.fixture(scope="module", params=["self", "dino"])
+@pytest.fixture(scope="module", params=[("self", False), ("dino", False), ("self", True)])
 def step_pipe(request, micro):
-    """A change model that reads the last image and the last step."""
+    """A change model that reads the last image and the last step (and one whose change scale is relative)."""
+    variant, relative = request.param
     preset = micro.replace(last_image_input=True, last_image_change=True, last_step_input=True)
-    return build_pipeline(preset.replace(last_image_change_scale=2.0), request.param, seed=0)
+    preset = preset.replace(last_image_change_scale=2.0, last_image_change_relative=relative)
+    return build_pipeline(preset, variant, seed=0)
 
 
 def test_each_image_reads_its_last_step_or_zeros():
     x0 = torch.tensor([0.0, 1, 3, 7, 0, 2, 6, 6]).view(8, 1, 1, 1).expand(8, 2, 2, 2)  # 2 sets of 4 images
     sees = torch.tensor([[True, True, True, True], [True, True, True, False]])
-    steps = last_steps(x0, sees, scale=2.0)[:, 0, 0, 0]
+    steps = last_steps(x0, sees, change_scales(x0, 4, 2.0))[:, 0, 0, 0]
     assert steps.tolist() == [0, 0, 2, 4, 0, 0, 4, 0]  # (image i-1 - image i-2) * 2; none before the third image
+
+
+def test_a_relative_change_is_in_units_of_the_last_step():
+    """With a relative scale, a set's changes from the third image on are scaled by 1 / its last step's rms (at
+    most RELATIVE_MAX), so a set whose every step is c times another's denoises the same changes; the second image
+    keeps the set scale and the first is an image."""
+    g = torch.Generator().manual_seed(0)
+    start, moves = torch.randn(1, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g) * 0.5
+    targets = []
+    for c in (0.8, 3.0):
+        x0 = torch.cat([start, start + c * moves.cumsum(0)])  # (5, 4, 8, 8): one set, steps c * moves
+        scales = change_scales(x0, 5, 2.0, relative=True)
+        targets.append((x0[1:] - x0[:-1]) * scales[1:])  # image i's change times its scale
+        assert scales[0].item() == 1.0 and scales[1].item() == 2.0
+        assert torch.allclose(last_steps(x0, torch.ones(1, 5, dtype=torch.bool), scales)[2:].pow(2).mean((1, 2, 3)),
+                              torch.ones(3))  # fmt: skip
+    assert torch.allclose(targets[0][1:], targets[1][1:], atol=1e-5)
+    still = torch.zeros(4, 4, 8, 8)  # no step at all: the largest scale, not a division by zero
+    assert change_scales(still, 4, 2.0, relative=True)[2:].flatten().tolist() == [RELATIVE_MAX] * 2
 
 
 def silent(pipe):
@@ -82,6 +106,8 @@ def test_a_change_model_generates_the_last_image_plus_the_change(last_pipe, scal
     pipe.isa.register_to_config(last_image_change=True, last_image_change_scale=scale)
     changed = pipe.denoise(ctx, 7, params, last=last)
     assert torch.allclose(changed, plain / scale + last, atol=1e-6)
+    relative = pipe.denoise(ctx, 7, params, last=last, change_scale=2 * scale)  # a relative model's own scale
+    assert torch.allclose(relative, plain / (2 * scale) + last, atol=1e-6)
 
 
 def test_a_change_drawn_on_the_last_pixels_keeps_them_where_nothing_changes(last_pipe):
@@ -179,6 +205,17 @@ def test_a_step_model_reads_three_times_its_latent_channels_and_generates_as_it_
     assert_training_equals_cached_inference(step_pipe)
 
 
+def test_generation_scales_the_change_by_the_last_step_it_reads(step_pipe):
+    """The last step read and the change's scale: the set's, or 1 / the last step's rms for a relative model; a
+    set of one image has no step (the set's scale)."""
+    prepared = step_pipe.prepare(colour_images(3))
+    last, step, scale = step_pipe.last_inputs(prepared)
+    raw = last - step_pipe.last_latent(prepared[:-1])  # (1, 4, h, w)
+    expected = float(relative_scale(raw)) if step_pipe.relative_change else 2.0
+    assert scale == pytest.approx(expected) and torch.allclose(step, raw * expected)
+    assert step_pipe.last_inputs(prepared[:1])[1:] == (None, 2.0)
+
+
 def test_a_dropped_context_drops_the_last_step_even_for_a_change_model(step_pipe):
     """Guidance's unconditional branch sees no last step: image 3 reads images 2 - 1, unless its context is dropped."""
     model = make_model(step_pipe)
@@ -220,6 +257,8 @@ def test_bad_last_image_flags_are_refused():
         check_recipe(TrainConfig(last_image_change=True, last_image_change_scale=0.0))
     with pytest.raises(ValueError, match="needs --last-image-change"):
         check_recipe(TrainConfig(last_image_input=True, last_image_pixels=True))
+    with pytest.raises(ValueError, match="needs --last-image-change"):
+        check_recipe(TrainConfig(last_image_input=True, last_image_change_relative=True))
     with pytest.raises(ValueError, match="needs --last-image-pixels"):
         check_recipe(TrainConfig(last_image_change=True, last_image_change_floor=0.1))
     for floor in (-0.1, 2.0):

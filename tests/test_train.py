@@ -189,10 +189,11 @@ def test_architecture_flags_shape_a_new_model_and_are_refused_on_init(start):
 
     cfg = parse_args(["--unet-width", "0.5", "--reference-images", "1", "--image-encoder-size", "256",
                       "--recent-context-images", "4", "--last-image-change", "--last-image-pixels",
-                      "--last-image-change-floor", "0.5"])  # fmt: skip
+                      "--last-image-change-floor", "0.5", "--last-image-change-relative"])  # fmt: skip
     preset = new_model_preset(cfg)
     assert preset.last_image_input and preset.last_image_change and preset.last_image_change_floor == 0.5
-    assert build_pipeline(preset, "self").isa.config.last_image_change_floor == 0.5  # what an export writes
+    isa = build_pipeline(preset, "self").isa  # what an export writes
+    assert isa.config.last_image_change_floor == 0.5 and isa.config.last_image_change_relative
     assert preset.unet["block_out_channels"] == (32, 64, 64)  # the tiny preset's (64, 128, 128), halved
     assert (preset.reference_images, preset.image_encoder_size) == (1, 256)
     assert (preset.recent_context_images, preset.older_context_tokens) == (4, 16)

@@ -83,6 +83,7 @@ class TrainConfig:
     last_image_change: bool = False  # ... and denoises the change from the last image (implies --last-image-input)
     last_step_input: bool = False  # ... and reads the last step, last image minus the one before (implies the same)
     last_image_change_scale: float = 1.0  # ... times this (1 / the change's rms: latent_stats --changes)
+    last_image_change_relative: bool = False  # ... or, from a set's third image on, 1 / the last step's rms
     last_image_pixels: bool = False  # ... and draws it on the last image's own pixels (generation only)
     last_image_change_floor: float = 0.0  # ... where its largest channel is at least this (generation only)
     steps: int = 3000
@@ -196,6 +197,8 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise ValueError("--last-image-change-floor drops small changes on the last pixels: needs --last-image-pixels")
     if not 0 <= cfg.cooldown_steps <= cfg.steps:
         raise ValueError(f"--cooldown-steps must be between 0 and --steps ({cfg.steps}), got {cfg.cooldown_steps}")
+    if cfg.last_image_change_relative and not cfg.last_image_change:
+        raise ValueError("--last-image-change-relative scales a change from the last image: needs --last-image-change")
     if cfg.last_image_change_scale <= 0:
         raise ValueError(f"--last-image-change-scale must be positive, got {cfg.last_image_change_scale}")
 
@@ -222,6 +225,7 @@ def build_start(cfg: TrainConfig) -> M2MPipeline:
             add_last_image_input(pipe.unet, 2 if cfg.last_step_input else 1)
         if cfg.last_image_change:
             pipe.isa.register_to_config(last_image_change=True, last_image_change_scale=cfg.last_image_change_scale,
+                                        last_image_change_relative=cfg.last_image_change_relative,
                                         last_image_pixels=cfg.last_image_pixels,
                                         last_image_change_floor=cfg.last_image_change_floor)  # fmt: skip
         return pipe
@@ -259,6 +263,7 @@ def new_model_preset(cfg: TrainConfig) -> Preset:
             last_image_change=cfg.last_image_change,
             last_step_input=cfg.last_step_input,
             last_image_change_scale=cfg.last_image_change_scale,
+            last_image_change_relative=cfg.last_image_change_relative,
             last_image_pixels=cfg.last_image_pixels,
             last_image_change_floor=cfg.last_image_change_floor,
         )
