@@ -39,11 +39,13 @@ run() {  # FOLDER STEPS COOLDOWN VARIANT TASK: a scratch-step run to STEPS, the 
 
 nvs() {  # novel views on 3,000 training objects (the first models had 600): M2M-DINO 1,900 -> 3,800 steps, then
     [ -d data/nvs-3000 ] || NVS_OBJECTS=3000 NVS_DATA=data/nvs-3000 bash scripts/train_tasks_cpu.sh data
-    export NVS_DATA=data/nvs-3000  # M2M-Self 4,400 -> 8,800
+    export NVS_DATA=data/nvs-3000  # M2M-Self 4,400 -> 8,800, then M2M-DINO 3,800 -> 7,600
     from runs/tasks-nvs3000 runs/tasks-nvslong vae-channels-nvs scratch-step-dino-nvs
     run runs/tasks-nvs3000 3800 600 dino nvs
     from runs/tasks-nvs3000 runs/tasks-nvsx2 scratch-step-self-nvs
     run runs/tasks-nvs3000 8800 1000 self nvs
+    from runs/tasks-nvs3000-x2 runs/tasks-nvs3000 vae-channels-nvs scratch-step-dino-nvs
+    run runs/tasks-nvs3000-x2 7600 1000 dino nvs
 }
 
 procedure() {  # another doubling of each procedure model: M2M-Self 6,800 -> 13,600 steps, then M2M-DINO
