@@ -100,7 +100,8 @@ class M2MModel(nn.Module):
     def change_scales(self, x0: Tensor, k: int) -> Tensor:
         """What each image of sets of K flattened (B*K, 4, h, w) multiplies its change by: (B*K, 1, 1, 1)."""
         cfg = self.isa.config
-        return change_scales(x0, k, cfg.last_image_change_scale, cfg.last_image_change_relative)
+        relative = cfg.last_image_change and cfg.last_image_change_relative  # as generation reads it (pipeline.py)
+        return change_scales(x0, k, cfg.last_image_change_scale, relative)
 
     def target(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """ε for ε-prediction (SD-2.1-base), v = α·ε − σ·x0 for v-prediction (the tiny preset)."""

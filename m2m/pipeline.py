@@ -226,7 +226,7 @@ class M2MPipeline(DiffusionPipeline):
         if before is None:
             return None, self.isa.config.last_image_change_scale
         step = last - before  # (1, 4, h, w)
-        scale = float(relative_scale(step)) if self.relative_change else self.isa.config.last_image_change_scale
+        scale = float(relative_scale(step.float())) if self.relative_change else self.isa.config.last_image_change_scale
         return (step * scale if reads_last_step(self.unet) else None), scale
 
     @torch.no_grad()

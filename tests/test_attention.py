@@ -88,7 +88,9 @@ def assert_training_equals_cached_inference(pipe) -> None:
     with torch.no_grad():
         xt = model.scheduler.add_noise(latents.flatten(0, 1), noise, timesteps)
         for i in range(1, 4):
-            step, _ = pipe.step_input(latents[0, i - 1 : i], latents[0, i - 2 : i - 1] if i > 1 else None)
+            step, scale = pipe.step_input(latents[0, i - 1 : i], latents[0, i - 2 : i - 1] if i > 1 else None)
+            if i > 1:  # the change's scale that generation divides by is the one training multiplied by
+                assert scale == pytest.approx(model.change_scales(latents.flatten(0, 1), 4)[i].item(), rel=1e-5)
             x = unet_input(pipe.unet, xt[i : i + 1], latents[0, i - 1 : i], step)  # as it is, for the paper's UNet
             ctx = cache.context(list(range(i)))
             out = pipe.unet(x, timesteps[i : i + 1], None, cross_attention_kwargs={"isa": ctx}).sample

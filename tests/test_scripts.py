@@ -70,7 +70,8 @@ def test_an_architecture_row_changes_what_it_says(row, flag, value):
     assert out.returncode == 0 and words[max(i for i, w in enumerate(words) if w == flag) + 1] == value
 
 
-APPROACHES = ("adapter", "scratch", "scratch-last", "scratch-change", "scratch-scaled", "scratch-step", "tune-last")
+APPROACHES = ("adapter", "scratch", "scratch-last", "scratch-change", "scratch-scaled", "scratch-step",
+              "scratch-relative", "tune-last")  # fmt: skip
 
 
 @pytest.mark.parametrize("task", ["nvs", "procedure"])
@@ -89,10 +90,11 @@ def test_every_task_approach_is_a_recipe_the_trainer_takes(variant, task):
         assert out.returncode == 0, out.stderr
         cfg = parse_args(out.stdout.split())
         check_recipe(cfg)
-        on_pixels = approach in ("scratch-scaled", "scratch-step")  # the scaled change, and it with the last step
+        on_pixels = approach in ("scratch-scaled", "scratch-step", "scratch-relative")  # the scaled change, and on
         assert (cfg.variant, cfg.task, cfg.last_image_change) == (variant, task, approach == "scratch-change"
                                                                   or on_pixels)  # fmt: skip
-        assert cfg.last_step_input == (approach == "scratch-step")
+        assert cfg.last_step_input == (approach in ("scratch-step", "scratch-relative"))
+        assert cfg.last_image_change_relative == (approach == "scratch-relative")
         assert (cfg.steps, cfg.cooldown_steps) == (900, 200)
         assert cfg.data == ("data/nvs-3000" if task == "nvs" else "procedure:train")
         assert (cfg.last_image_pixels, cfg.last_image_change_floor) == ((True, 0.25) if on_pixels else (False, 0.0))

@@ -14,7 +14,7 @@ each model generates image k+1, which is compared with the true image k+1:
 - procedures, **step accuracy**: the generated image is nearer (SSIM at 32 px) to the true next step than the
   last given step is. Copying the last image scores 0 here by construction.
 - both, **stayed**: the share of images whose nearest of the sequence's (SSIM at 32 px) is the last given one:
-  where a model fails, whether it did nothing (copy-last: 1) or something else (another view, a wrong step);
+  where a model fails, whether it did nothing (copy-last: 1) or something else (another view, a wrong step).
 - both, **change cosine**: at 32 px, the cosine between the change the model made (its image minus the last given
   one) and the true change (the next image minus the last): 1 for the right change, 0 for none (copy-last) or one
   that has nothing to do with it. It moves before the accuracies do: a step can be in the right place, of the wrong
